@@ -1,0 +1,58 @@
+//! `wardctl`: Ward's admin command line.
+//!
+//! Offline verbs (`policy check|compile|diff`) work on files without a daemon.
+//! stdout carries data, stderr diagnostics; `--json` prints machine-readable
+//! output. Exit codes (one exit point, [`Exit`]): 0 ok, 1 failure, 2 usage,
+//! 65 invalid policy or data, 69 daemon unreachable, 78 invalid configuration.
+
+#![forbid(unsafe_code)]
+
+mod policy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ward admin command line.
+#[derive(Debug, Parser)]
+#[command(name = "wardctl", version, about, propagate_version = true)]
+struct Cli {
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, compile and compare site policy files (no daemon needed).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+/// Process exit codes, from sysexits.h where one fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// Any other failure.
+    Failure = 1,
+    /// Invalid policy or data (EX_DATAERR).
+    DataErr = 65,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(cmd) => policy::run(cmd, cli.json),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wardctl: error: {e:#}");
+            Exit::Failure
+        }
+    };
+    ExitCode::from(code as u8)
+}

@@ -1,0 +1,152 @@
+//! `wardctl policy` as an admin runs it: exit codes, messages, output.
+
+use std::process::{Command, Output};
+
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../policy/examples/hospital.toml"
+);
+
+fn wardctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wardctl"))
+        .args(args)
+        .output()
+        .expect("run wardctl")
+}
+
+fn temp_policy(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wardctl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write policy");
+    path
+}
+
+/// The example passes `policy check` with exit 0.
+#[test]
+fn check_accepts_example() {
+    let out = wardctl(&["policy", "check", EXAMPLE]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 2 gateways, 4 devices, 4 flows"));
+}
+
+/// A broken copy exits 65 and names file, line and key of every error.
+#[test]
+fn check_rejects_broken_copy_with_every_error() {
+    let text = std::fs::read_to_string(EXAMPLE)
+        .expect("example")
+        .replace("from = \"pump-icu-01\"", "from = \"pump-icu-1\"")
+        .replace("interface = \"dev3\"", "interface = \"dev9\"");
+    let path = temp_policy("broken.toml", &text);
+    let out = wardctl(&["policy", "check", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = |needle: &str| {
+        text[..text.find(needle).expect("needle")]
+            .matches('\n')
+            .count()
+            + 1
+    };
+    let p = path.display();
+    assert!(stderr.contains(&format!("{p}:{}:8: error: flows[1].from: device \"pump-icu-1\" is not defined (did you mean \"pump-icu-01\"?)", line("from = \"pump-icu-1\""))), "{stderr}");
+    assert!(stderr.contains(&format!("{p}:{}:13: error: devices.monitor-icu-3.interface: gateway \"edge-01\" has no device interface \"dev9\"", line("interface = \"dev9\""))), "{stderr}");
+    assert!(stderr.contains("invalid: 2 errors"), "{stderr}");
+
+    let out = wardctl(&["policy", "check", "--json", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(65));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"], 2);
+    assert_eq!(
+        report["diagnostics"][0]["key"],
+        "devices.monitor-icu-3.interface"
+    );
+    assert_eq!(report["diagnostics"][1]["key"], "flows[1].from");
+}
+
+/// A missing file is a failure (exit 1) that names the path.
+#[test]
+fn check_missing_file() {
+    let out = wardctl(&["policy", "check", "/nonexistent/policy.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reading policy /nonexistent/policy.toml")
+    );
+}
+
+/// Usage errors exit 2.
+#[test]
+fn usage_error_exits_2() {
+    assert_eq!(wardctl(&["policy", "frobnicate"]).status.code(), Some(2));
+}
+
+/// `compile --nft` prints the batch; `--json` the plan; an unknown gateway is exit 65.
+#[test]
+fn compile_outputs() {
+    let out = wardctl(&[
+        "policy",
+        "compile",
+        EXAMPLE,
+        "--gateway",
+        "edge-01",
+        "--nft",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let batch: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft json");
+    assert_eq!(batch["nftables"][1]["delete"]["table"]["name"], "ward");
+
+    let out = wardctl(&[
+        "policy",
+        "compile",
+        EXAMPLE,
+        "--gateway",
+        "hub-dc-01",
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
+    assert_eq!(plan["tunnel_server"], "192.0.2.20:4433");
+    assert_eq!(
+        plan["tunnels"]["ct2-to-pacs"]["peer"],
+        "spiffe://st-mary.example/gateway/edge-01"
+    );
+
+    let out = wardctl(&["policy", "compile", EXAMPLE, "--gateway", "edge-01"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("198.51.100.1:104") && text.contains("tunnel over quic to hub-dc-01"),
+        "{text}"
+    );
+
+    let out = wardctl(&["policy", "compile", EXAMPLE, "--gateway", "edge-1"]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"edge-01\""));
+}
+
+/// `diff` names the device, flow and rules that change.
+#[test]
+fn diff_names_changes() {
+    let text = std::fs::read_to_string(EXAMPLE)
+        .expect("example")
+        .replace("quarantine = []", "quarantine = [\"pump-icu-02\"]")
+        .replace("idle_timeout = \"30m\"", "idle_timeout = \"20m\"");
+    let path = temp_policy("new.toml", &text);
+    let out = wardctl(&["policy", "diff", EXAMPLE, path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("gateway edge-01: changed"), "{s}");
+    assert!(s.contains("~ device pump-icu-02"), "{s}");
+    assert!(s.contains("~ flow vendor-maint-monitor"), "{s}");
+    assert!(
+        s.contains("+ rule set quarantine4 element \"198.51.100.34\""),
+        "{s}"
+    );
+    assert!(
+        s.contains("gateway hub-dc-01: changed"),
+        "hub sees the quarantine too: {s}"
+    );
+}

@@ -1,0 +1,569 @@
+//! The pure compile step: one gateway's part of the site policy, and the
+//! per-connection authorization decisions made against it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::model::*;
+
+/// Compile failed for a reason validation cannot see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// The policy has no gateway of that name.
+    #[error("gateway \"{name}\" is not defined in the policy{}", help.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    UnknownGateway {
+        /// The name asked for.
+        name: String,
+        /// A suggestion.
+        help: Option<String>,
+    },
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        s.collect_str(&format_args!("{}s", ms / 1000))
+    } else {
+        s.collect_str(&format_args!("{ms}ms"))
+    }
+}
+
+/// Everything one gateway needs to run: listeners, routes, authorization
+/// tables, and its nftables ruleset. Deterministic for a given policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// This gateway's name.
+    pub gateway: String,
+    /// This gateway's SPIFFE identity.
+    pub identity: String,
+    /// The site's trust domain.
+    pub trust_domain: String,
+    /// Enforce or monitor.
+    pub mode: Mode,
+    /// Address of the `ward/1` tunnel server (TLS on TCP and QUIC on UDP),
+    /// present when some flow is reached through this gateway.
+    pub tunnel_server: Option<SocketAddr>,
+    /// Addresses to listen on, sorted.
+    pub listeners: Vec<Listener>,
+    /// Flow lookup by (source device address, original destination), sorted.
+    pub routes: Vec<Route>,
+    /// Flows this gateway opens, by name.
+    pub outbound: BTreeMap<String, OutboundFlow>,
+    /// Flows peers may open through this gateway's tunnel server, by name.
+    pub tunnels: BTreeMap<String, TunnelFlow>,
+    /// Inbound access rules for TLS client listeners.
+    pub access: Vec<AccessRule>,
+    /// Devices behind this gateway, by id.
+    pub devices: BTreeMap<String, DevicePlan>,
+    /// Raw exceptions for devices behind this gateway.
+    pub exceptions: Vec<ExceptionPlan>,
+    /// Interfaces facing devices.
+    pub device_interfaces: Vec<String>,
+    #[serde(skip)]
+    pub(crate) nft: nftables::schema::Nftables<'static>,
+}
+
+/// What a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Cleartext from devices; each connection goes out through a tunnel or as TLS.
+    Plain,
+    /// TLS with a required client certificate; connections go to a device in cleartext.
+    Tls,
+}
+
+/// One listening address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Listener {
+    /// Where to bind.
+    pub addr: SocketAddr,
+    /// What it accepts.
+    pub kind: ListenerKind,
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Route {
+    /// Source device address.
+    pub src: IpAddr,
+    /// Destination the device asked for (the listener, or later the original
+    /// destination of a transparently intercepted connection).
+    pub dst: SocketAddr,
+    /// Flow name.
+    pub flow: String,
+}
+
+/// Where an outbound flow goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Target {
+    /// Through a `ward/1` tunnel to a peer gateway.
+    Tunnel {
+        /// Peer gateway name.
+        gateway: String,
+        /// Peer gateway identity, checked in its certificate.
+        identity: String,
+        /// Peer's tunnel server.
+        addr: SocketAddr,
+        /// TCP or QUIC.
+        transport: Transport,
+    },
+    /// Straight to a server that speaks TLS.
+    Tls {
+        /// Server address.
+        addr: SocketAddr,
+        /// Name to verify.
+        server_name: String,
+        /// CA file.
+        ca: String,
+    },
+}
+
+/// A flow this gateway opens on behalf of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboundFlow {
+    /// Flow name.
+    pub name: String,
+    /// Device id.
+    pub device: String,
+    /// Device address.
+    pub source: IpAddr,
+    /// Listener address the device connects to.
+    pub listen: SocketAddr,
+    /// Service name.
+    pub service: String,
+    /// Application protocol.
+    pub protocol: Protocol,
+    /// Where it goes.
+    pub target: Target,
+    /// Idle timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// Connect timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// Concurrent connection limit.
+    pub max_connections: u32,
+}
+
+/// A flow a peer gateway may open to a local target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TunnelFlow {
+    /// Flow name.
+    pub name: String,
+    /// The only identity that may open it.
+    pub peer: String,
+    /// Source device id, as the opener must state it.
+    pub device: String,
+    /// Whether that device is quarantined.
+    pub quarantined: bool,
+    /// Cleartext target on this gateway's protected side.
+    pub target: SocketAddr,
+    /// Application protocol.
+    pub protocol: Protocol,
+    /// Idle timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// Connect timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// Concurrent connection limit.
+    pub max_connections: u32,
+}
+
+/// Inbound access: a client identity to a device port through a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessRule {
+    /// Flow name.
+    pub flow: String,
+    /// TLS listener address.
+    pub listen: SocketAddr,
+    /// Client name.
+    pub client: String,
+    /// Identity required in the client certificate.
+    pub identity: String,
+    /// Device id.
+    pub device: String,
+    /// Device address and port.
+    pub target: SocketAddr,
+    /// Maintenance window, if limited.
+    pub window: Option<Window>,
+    /// Idle timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// Connect timeout.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// Concurrent connection limit.
+    pub max_connections: u32,
+}
+
+/// A device behind this gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DevicePlan {
+    /// Id.
+    pub id: String,
+    /// Address.
+    pub ip: IpAddr,
+    /// MAC.
+    pub mac: Mac,
+    /// Interface.
+    pub interface: String,
+    /// Quarantined: all traffic dropped.
+    pub quarantined: bool,
+    /// Name of its nft drop counter.
+    pub counter: String,
+}
+
+/// A raw exception, resolved to addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExceptionPlan {
+    /// Name.
+    pub name: String,
+    /// Source device addresses.
+    pub sources: Vec<IpAddr>,
+    /// Destination.
+    pub to: ExceptionTarget,
+    /// Protocol.
+    pub protocol: L4,
+    /// Port.
+    pub port: Option<u16>,
+}
+
+/// Why a connection is refused. Each has a stable wire code for `ward/1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Denied {
+    /// No flow for this source and destination.
+    #[error("no flow for this source and destination")]
+    NoRoute,
+    /// The device is quarantined.
+    #[error("device is quarantined")]
+    Quarantined,
+    /// This gateway knows no such flow.
+    #[error("flow is not known to this gateway")]
+    UnknownFlow,
+    /// The peer's identity may not open this flow.
+    #[error("peer identity may not open this flow")]
+    WrongPeer,
+    /// The source device stated does not match the flow.
+    #[error("source device does not match the flow")]
+    WrongDevice,
+    /// Outside the flow's maintenance window.
+    #[error("outside the flow's maintenance window")]
+    OutsideWindow,
+}
+
+impl Denied {
+    /// Stable reason code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Denied::NoRoute => 1,
+            Denied::Quarantined => 2,
+            Denied::UnknownFlow => 3,
+            Denied::WrongPeer => 4,
+            Denied::WrongDevice => 5,
+            Denied::OutsideWindow => 6,
+        }
+    }
+
+    /// The reason for a wire code, if known.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Denied::NoRoute,
+            2 => Denied::Quarantined,
+            3 => Denied::UnknownFlow,
+            4 => Denied::WrongPeer,
+            5 => Denied::WrongDevice,
+            6 => Denied::OutsideWindow,
+            _ => return None,
+        })
+    }
+}
+
+impl Plan {
+    /// Opener side: which flow a device's connection belongs to.
+    pub fn route(&self, src: IpAddr, dst: SocketAddr) -> Result<&OutboundFlow, Denied> {
+        let i = self
+            .routes
+            .binary_search_by(|r| (r.src, r.dst).cmp(&(src, dst)))
+            .map_err(|_| Denied::NoRoute)?;
+        let flow = self
+            .outbound
+            .get(&self.routes[i].flow)
+            .ok_or(Denied::NoRoute)?;
+        if self
+            .devices
+            .get(&flow.device)
+            .is_some_and(|d| d.quarantined)
+        {
+            return Err(Denied::Quarantined);
+        }
+        Ok(flow)
+    }
+
+    /// Receiver side: may `peer` open `flow` for `device`? Decided on this
+    /// gateway's own plan, whatever the opener decided.
+    pub fn authorize_tunnel(
+        &self,
+        peer: &str,
+        flow: &str,
+        device: &str,
+    ) -> Result<&TunnelFlow, Denied> {
+        let f = self.tunnels.get(flow).ok_or(Denied::UnknownFlow)?;
+        if f.peer != peer {
+            return Err(Denied::WrongPeer);
+        }
+        if f.device != device {
+            return Err(Denied::WrongDevice);
+        }
+        if f.quarantined {
+            return Err(Denied::Quarantined);
+        }
+        Ok(f)
+    }
+
+    /// TLS client listener: may the client with identity `peer`, connected to
+    /// `listen`, reach its device now (`at`, supplied by the caller)?
+    pub fn authorize_client(
+        &self,
+        peer: &str,
+        listen: SocketAddr,
+        at: WeekTime,
+    ) -> Result<&AccessRule, Denied> {
+        let mut at_listener = self.access.iter().filter(|a| a.listen == listen).peekable();
+        if at_listener.peek().is_none() {
+            return Err(Denied::NoRoute);
+        }
+        let rule = at_listener
+            .find(|a| a.identity == peer)
+            .ok_or(Denied::WrongPeer)?;
+        if self
+            .devices
+            .get(&rule.device)
+            .is_some_and(|d| d.quarantined)
+        {
+            return Err(Denied::Quarantined);
+        }
+        match &rule.window {
+            Some(w) if !w.contains(at) => Err(Denied::OutsideWindow),
+            _ => Ok(rule),
+        }
+    }
+
+    /// The nftables batch that replaces table `inet ward` in one transaction.
+    pub fn nft(&self) -> &nftables::schema::Nftables<'static> {
+        &self.nft
+    }
+
+    /// The nftables batch as JSON for `nft -j -f -`.
+    pub fn to_nft_json(&self) -> String {
+        serde_json::to_string(&self.nft).expect("nft schema types always serialize")
+    }
+}
+
+/// nft counter name of a device's drops.
+pub fn device_counter(id: &str) -> String {
+    format!("dev_{id}")
+}
+
+/// Compile `gateway`'s part of a validated policy.
+///
+/// Run [`crate::validate`] first: compile skips entries whose references do not
+/// resolve rather than reporting them.
+pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
+    let Some(gw) = policy.gateways.get(gateway) else {
+        return Err(CompileError::UnknownGateway {
+            name: gateway.to_owned(),
+            help: crate::diag::did_you_mean(gateway, policy.gateways.keys().map(String::as_str)),
+        });
+    };
+    let quarantined = |id: &str| policy.quarantine.iter().any(|q| q.value == id);
+
+    let devices: BTreeMap<String, DevicePlan> = policy
+        .devices
+        .values()
+        .filter(|d| d.gateway.value == gateway)
+        .map(|d| {
+            (
+                d.id.value.clone(),
+                DevicePlan {
+                    id: d.id.value.clone(),
+                    ip: d.ip.value,
+                    mac: d.mac.value,
+                    interface: d.interface.value.clone(),
+                    quarantined: quarantined(&d.id.value),
+                    counter: device_counter(&d.id.value),
+                },
+            )
+        })
+        .collect();
+
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    let mut outbound = BTreeMap::new();
+    let mut tunnels = BTreeMap::new();
+    let mut access = Vec::new();
+    let mut tunnel_server = None;
+
+    for f in &policy.flows {
+        match &f.kind {
+            FlowKind::Outbound { device, service } => {
+                let (Some(dev), Some(svc)) = (
+                    policy.devices.get(&device.value),
+                    policy.services.get(&service.value),
+                ) else {
+                    continue;
+                };
+                if dev.gateway.value == gateway {
+                    let target = match &svc.reach {
+                        Reach::Via(via) => {
+                            let Some(peer) = policy.gateways.get(&via.value) else {
+                                continue;
+                            };
+                            Target::Tunnel {
+                                gateway: via.value.clone(),
+                                identity: policy.gateway_identity(&via.value),
+                                addr: SocketAddr::new(peer.lan_address.value, peer.tunnel_port),
+                                transport: f.transport,
+                            }
+                        }
+                        Reach::Tls(tls) => Target::Tls {
+                            addr: svc.address.value,
+                            server_name: tls.server_name.clone(),
+                            ca: tls.ca.clone(),
+                        },
+                    };
+                    listeners.push(Listener {
+                        addr: f.listen.value,
+                        kind: ListenerKind::Plain,
+                    });
+                    routes.push(Route {
+                        src: dev.ip.value,
+                        dst: f.listen.value,
+                        flow: f.name.value.clone(),
+                    });
+                    outbound.insert(
+                        f.name.value.clone(),
+                        OutboundFlow {
+                            name: f.name.value.clone(),
+                            device: dev.id.value.clone(),
+                            source: dev.ip.value,
+                            listen: f.listen.value,
+                            service: svc.name.value.clone(),
+                            protocol: svc.protocol,
+                            target,
+                            idle_timeout: f.idle_timeout,
+                            connect_timeout: f.connect_timeout,
+                            max_connections: f.max_connections,
+                        },
+                    );
+                }
+                if let Reach::Via(via) = &svc.reach
+                    && via.value == gateway
+                {
+                    tunnel_server = Some(SocketAddr::new(gw.lan_address.value, gw.tunnel_port));
+                    tunnels.insert(
+                        f.name.value.clone(),
+                        TunnelFlow {
+                            name: f.name.value.clone(),
+                            peer: policy.gateway_identity(&dev.gateway.value),
+                            device: dev.id.value.clone(),
+                            quarantined: quarantined(&dev.id.value),
+                            target: svc.address.value,
+                            protocol: svc.protocol,
+                            idle_timeout: f.idle_timeout,
+                            connect_timeout: f.connect_timeout,
+                            max_connections: f.max_connections,
+                        },
+                    );
+                }
+            }
+            FlowKind::Inbound {
+                client,
+                device,
+                port,
+                window,
+            } => {
+                let Some(dev) = policy.devices.get(&device.value) else {
+                    continue;
+                };
+                if dev.gateway.value != gateway {
+                    continue;
+                }
+                listeners.push(Listener {
+                    addr: f.listen.value,
+                    kind: ListenerKind::Tls,
+                });
+                access.push(AccessRule {
+                    flow: f.name.value.clone(),
+                    listen: f.listen.value,
+                    client: client.value.clone(),
+                    identity: policy.client_identity(&client.value),
+                    device: dev.id.value.clone(),
+                    target: SocketAddr::new(dev.ip.value, *port),
+                    window: window.clone(),
+                    idle_timeout: f.idle_timeout,
+                    connect_timeout: f.connect_timeout,
+                    max_connections: f.max_connections,
+                });
+            }
+        }
+    }
+    listeners.sort();
+    listeners.dedup();
+    routes.sort();
+    access.sort_by(|a, b| (a.listen, &a.identity).cmp(&(b.listen, &b.identity)));
+
+    let exceptions = policy
+        .exceptions
+        .iter()
+        .filter_map(|e| {
+            let mut sources: Vec<IpAddr> = e
+                .devices
+                .iter()
+                .filter_map(|d| devices.get(&d.value).map(|d| d.ip))
+                .collect();
+            sources.sort();
+            sources.dedup();
+            (!sources.is_empty()).then(|| ExceptionPlan {
+                name: e.name.value.clone(),
+                sources,
+                to: e.to.value,
+                protocol: e.protocol,
+                port: e.port,
+            })
+        })
+        .collect();
+
+    let mut plan = Plan {
+        gateway: gateway.to_owned(),
+        identity: policy.gateway_identity(gateway),
+        trust_domain: policy.trust_domain.value.clone(),
+        mode: policy.mode,
+        tunnel_server,
+        listeners,
+        routes,
+        outbound,
+        tunnels,
+        access,
+        devices,
+        exceptions,
+        device_interfaces: gw
+            .device_interfaces
+            .iter()
+            .map(|i| i.value.clone())
+            .collect(),
+        nft: nftables::schema::Nftables {
+            objects: Vec::new().into(),
+        },
+    };
+    plan.nft = crate::nft::ruleset(&plan);
+    Ok(plan)
+}

@@ -1,0 +1,512 @@
+//! The site policy as typed data, each value carrying where it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::diag::{SourceMap, Span};
+
+/// A value and the source span it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item<T> {
+    /// The value.
+    pub value: T,
+    /// Where it was written.
+    pub span: Span,
+}
+
+impl<T> Item<T> {
+    /// Wrap `value` read at `span`.
+    pub fn new(value: T, span: Span) -> Self {
+        Item { value, span }
+    }
+}
+
+impl<T> std::ops::Deref for Item<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// A whole site policy: one source of truth for every gateway of a site.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The source text and file name, for locating diagnostics.
+    pub source: SourceMap,
+    /// Schema version; only `1` exists.
+    pub version: u32,
+    /// SPIFFE trust domain, e.g. `st-mary.example`.
+    pub trust_domain: Item<String>,
+    /// Enforce or monitor.
+    pub mode: Mode,
+    /// Devices whose traffic is dropped entirely.
+    pub quarantine: Vec<Item<String>>,
+    /// Gateways by name.
+    pub gateways: BTreeMap<String, Gateway>,
+    /// Protected devices by id.
+    pub devices: BTreeMap<String, Device>,
+    /// Services devices talk to, by name.
+    pub services: BTreeMap<String, Service>,
+    /// Client identities allowed inbound access, by name.
+    pub clients: BTreeMap<String, Client>,
+    /// Allowed flows, in file order.
+    pub flows: Vec<Flow>,
+    /// Raw, untunneled exceptions, in file order.
+    pub exceptions: Vec<Exception>,
+}
+
+/// Whether the policy drops or only records what it does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny what is not allowed.
+    Enforce,
+    /// Allow everything, but count and log what enforce would deny.
+    Monitor,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        })
+    }
+}
+
+/// One Ward gateway appliance.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Name, also its identity `spiffe://<trust-domain>/gateway/<name>`.
+    pub name: Item<String>,
+    /// Interfaces that face protected devices.
+    pub device_interfaces: Vec<Item<String>>,
+    /// Address on the hospital LAN where peers reach its tunnel server.
+    pub lan_address: Item<IpAddr>,
+    /// TCP and UDP port of the `ward/1` tunnel server.
+    pub tunnel_port: u16,
+}
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut out {
+            let p = parts.next().ok_or(())?;
+            if p.len() != 2 {
+                return Err(());
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| ())?;
+        }
+        if parts.next().is_some() {
+            return Err(());
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Lifecycle stage of a device, after IMDRF N70.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SupportStage {
+    /// Fully supported by the manufacturer.
+    Supported,
+    /// Limited support: security patches may still come.
+    LimitedSupport,
+    /// End of support: no more patches. A legacy device.
+    EndOfSupport,
+    /// End of life.
+    EndOfLife,
+}
+
+impl SupportStage {
+    /// Parse the policy spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "supported" => SupportStage::Supported,
+            "limited-support" => SupportStage::LimitedSupport,
+            "end-of-support" => SupportStage::EndOfSupport,
+            "end-of-life" => SupportStage::EndOfLife,
+            _ => return None,
+        })
+    }
+
+    /// The names accepted by [`SupportStage::parse`].
+    pub const NAMES: [&'static str; 4] = [
+        "supported",
+        "limited-support",
+        "end-of-support",
+        "end-of-life",
+    ];
+}
+
+/// A calendar date (no clock involved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Date {
+    /// Year.
+    pub year: u16,
+    /// Month, 1–12.
+    pub month: u8,
+    /// Day, 1–31.
+    pub day: u8,
+}
+
+impl FromStr for Date {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut it = s.splitn(3, '-');
+        let (y, m, d) = (
+            it.next().ok_or(())?,
+            it.next().ok_or(())?,
+            it.next().ok_or(())?,
+        );
+        if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+            return Err(());
+        }
+        let date = Date {
+            year: y.parse().map_err(|_| ())?,
+            month: m.parse().map_err(|_| ())?,
+            day: d.parse().map_err(|_| ())?,
+        };
+        if !(1..=12).contains(&date.month) || !(1..=31).contains(&date.day) {
+            return Err(());
+        }
+        Ok(date)
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+impl Serialize for Date {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Manufacturer support of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Support {
+    /// Lifecycle stage.
+    pub stage: SupportStage,
+    /// When support ends or ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ends: Option<Date>,
+}
+
+/// A protected device and its inventory record.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// Identifier used everywhere else in the policy.
+    pub id: Item<String>,
+    /// Human-readable name.
+    pub name: Option<String>,
+    /// The gateway it sits behind.
+    pub gateway: Item<String>,
+    /// The gateway's interface it is attached to.
+    pub interface: Item<String>,
+    /// Its (IPv4) address.
+    pub ip: Item<IpAddr>,
+    /// Its MAC address.
+    pub mac: Item<Mac>,
+    /// Device class, e.g. `imaging`, `infusion`, `monitoring`.
+    pub class: Option<String>,
+    /// Manufacturer.
+    pub vendor: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Firmware version.
+    pub firmware: Option<String>,
+    /// Manufacturer support stage.
+    pub support: Option<Item<Support>>,
+    /// Known vulnerabilities (CVE ids).
+    pub vulnerabilities: Vec<String>,
+    /// Reference to the device's SBOM (URL or document id).
+    pub sbom: Option<String>,
+}
+
+impl Device {
+    /// True when the device no longer receives security fixes, either by its
+    /// declared stage or because its end-of-support date lies before `today`.
+    pub fn past_end_of_support(&self, today: Option<Date>) -> bool {
+        let Some(support) = &self.support else {
+            return false;
+        };
+        match support.stage {
+            SupportStage::EndOfSupport | SupportStage::EndOfLife => true,
+            SupportStage::Supported | SupportStage::LimitedSupport => {
+                matches!((support.ends, today), (Some(ends), Some(today)) if ends < today)
+            }
+        }
+    }
+}
+
+/// Application protocol of a service, informational and for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// DICOM (PS3.8).
+    Dicom,
+    /// HL7 v2 over MLLP.
+    Hl7,
+    /// Modbus/TCP.
+    Modbus,
+    /// Any other TCP protocol.
+    Tcp,
+}
+
+impl Protocol {
+    /// Parse the policy spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "dicom" => Protocol::Dicom,
+            "hl7" | "mllp" => Protocol::Hl7,
+            "modbus" => Protocol::Modbus,
+            "tcp" => Protocol::Tcp,
+            _ => return None,
+        })
+    }
+}
+
+/// How a gateway reaches a service.
+#[derive(Debug, Clone)]
+pub enum Reach {
+    /// Through a `ward/1` tunnel to the named gateway, which connects in cleartext.
+    Via(Item<String>),
+    /// Directly, over TLS, to a server that speaks TLS itself.
+    Tls(TlsTarget),
+}
+
+/// TLS settings for a server that speaks TLS itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsTarget {
+    /// PEM file with the CA that signs the server's certificate.
+    pub ca: String,
+    /// Name to verify in the server's certificate.
+    pub server_name: String,
+}
+
+/// A server that devices talk to.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Name used in flows.
+    pub name: Item<String>,
+    /// Address and port of the server.
+    pub address: Item<SocketAddr>,
+    /// Application protocol.
+    pub protocol: Protocol,
+    /// How it is reached.
+    pub reach: Reach,
+}
+
+/// A client identity (a person's tool or a vendor's maintenance station).
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Name used in flows.
+    pub name: Item<String>,
+    /// SPIFFE identity in its certificate.
+    pub identity: String,
+}
+
+/// How a tunnel between gateways is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// One TLS connection per flow.
+    Tcp,
+    /// One QUIC connection per peer gateway, one stream per flow.
+    Quic,
+}
+
+/// Weekly time window, in UTC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Window {
+    /// Days (0 = Monday … 6 = Sunday) on which the window opens.
+    pub days: Vec<u8>,
+    /// Minute of the day it opens.
+    pub start: u16,
+    /// Minute of the day it closes; before `start` means it closes the next day.
+    pub end: u16,
+}
+
+/// A point in the week, in UTC, passed in by the caller (policy has no clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeekTime {
+    /// 0 = Monday … 6 = Sunday.
+    pub weekday: u8,
+    /// Minute of the day, 0–1439.
+    pub minute: u16,
+}
+
+impl Window {
+    /// Whether `at` lies inside the window.
+    pub fn contains(&self, at: WeekTime) -> bool {
+        if self.start <= self.end {
+            self.days.contains(&at.weekday) && at.minute >= self.start && at.minute < self.end
+        } else {
+            // Overnight: opens on a listed day, closes the next morning.
+            let yesterday = (at.weekday + 6) % 7;
+            (self.days.contains(&at.weekday) && at.minute >= self.start)
+                || (self.days.contains(&yesterday) && at.minute < self.end)
+        }
+    }
+}
+
+/// Which way a flow goes.
+#[derive(Debug, Clone)]
+pub enum FlowKind {
+    /// A device reaching a service.
+    Outbound {
+        /// Device id.
+        device: Item<String>,
+        /// Service name.
+        service: Item<String>,
+    },
+    /// A client identity reaching a device port.
+    Inbound {
+        /// Client name.
+        client: Item<String>,
+        /// Device id.
+        device: Item<String>,
+        /// Device port.
+        port: u16,
+        /// Maintenance window, if access is limited in time.
+        window: Option<Window>,
+    },
+}
+
+/// One allowed flow.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Position in the `[[flows]]` array.
+    pub index: usize,
+    /// Unique name.
+    pub name: Item<String>,
+    /// Direction and endpoints.
+    pub kind: FlowKind,
+    /// Address the listener binds: for outbound flows the address the device
+    /// is pointed at; for inbound flows the gateway's TLS listener.
+    pub listen: Item<SocketAddr>,
+    /// Tunnel transport (outbound flows through a hub).
+    pub transport: Transport,
+    /// Close the flow after this long without bytes in either direction.
+    pub idle_timeout: Duration,
+    /// Give up connecting the far end after this long.
+    pub connect_timeout: Duration,
+    /// Maximum concurrent connections of this flow.
+    pub max_connections: u32,
+    /// The whole `[[flows]]` entry.
+    pub span: Span,
+}
+
+/// Layer-4 protocol of a raw exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4 {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP (echo and errors).
+    Icmp,
+}
+
+/// Destination of a raw exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExceptionTarget {
+    /// The gateway itself (e.g. DHCP relay, NTP served by the gateway).
+    Gateway,
+    /// An address prefix.
+    Net {
+        /// Network address.
+        addr: IpAddr,
+        /// Prefix length.
+        prefix: u8,
+    },
+}
+
+impl ExceptionTarget {
+    /// The broadcast address DHCP discovery uses.
+    pub const BROADCAST: Ipv4Addr = Ipv4Addr::BROADCAST;
+}
+
+impl fmt::Display for ExceptionTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExceptionTarget::Gateway => f.write_str("gateway"),
+            ExceptionTarget::Net { addr, prefix }
+                if *prefix == if addr.is_ipv4() { 32 } else { 128 } =>
+            {
+                write!(f, "{addr}")
+            }
+            ExceptionTarget::Net { addr, prefix } => write!(f, "{addr}/{prefix}"),
+        }
+    }
+}
+
+impl Serialize for ExceptionTarget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Traffic allowed without a tunnel (NTP, DHCP), with a written reason.
+#[derive(Debug, Clone)]
+pub struct Exception {
+    /// Position in the `[[exceptions]]` array.
+    pub index: usize,
+    /// Unique name.
+    pub name: Item<String>,
+    /// Devices it applies to.
+    pub devices: Vec<Item<String>>,
+    /// Destination.
+    pub to: Item<ExceptionTarget>,
+    /// Protocol.
+    pub protocol: L4,
+    /// Destination port (TCP/UDP); none means every port.
+    pub port: Option<u16>,
+    /// Why this is allowed; required.
+    pub justification: Option<Item<String>>,
+}
+
+impl Policy {
+    /// SPIFFE identity of a gateway.
+    pub fn gateway_identity(&self, gateway: &str) -> String {
+        format!("spiffe://{}/gateway/{}", self.trust_domain.value, gateway)
+    }
+
+    /// SPIFFE identity of a client by name.
+    pub fn client_identity(&self, client: &str) -> String {
+        format!("spiffe://{}/client/{}", self.trust_domain.value, client)
+    }
+}

@@ -1,0 +1,585 @@
+//! Render a [`Plan`] as an nftables batch (table `inet ward`).
+//!
+//! # Ruleset shape
+//!
+//! ```text
+//! table inet ward
+//!   set quarantine4 (ipv4_addr), set quarantine_mac (ether_addr)
+//!   set listen4 (ipv4_addr . ipv4_addr . inet_service): device → its own listeners
+//!   counter dev_<id> per device, counter unknown_src
+//!   chain prerouting  (hook prerouting, priority -300, policy accept)
+//!     quarantine → drop; on device interfaces: dispatch by source MAC to
+//!     src_<id> (anti-spoofing: the MAC's device must use its own IP), a known
+//!     IP from an unknown MAC to drop_<id>, anything else to drop_unknown
+//!   chain input       (hook input, priority 0, policy accept)
+//!     quarantine → drop; established → accept; device → its own listeners
+//!     (listen4) → accept; exceptions to the gateway → accept; rest of the
+//!     device traffic → drop_<id>
+//!   chain forward     (hook forward, priority 0, policy drop)
+//!     quarantine → drop; established → accept; exceptions → accept;
+//!     device → device (lateral) → drop_<id>; device → anything → drop_<id>;
+//!     anything → device → drop_<id>; counted policy drop
+//!   chain output      (hook output, priority 0, policy accept)
+//!     quarantine → drop (cuts the gateway's own legs to the device)
+//!   chain drop_<id>: count, log (rate limited), drop — or accept in monitor mode
+//! ```
+//!
+//! The batch adds, deletes and re-adds the table before filling it, so one
+//! `nft -f` transaction replaces the whole table atomically whether or not it
+//! existed (`flush table` would keep stale sets and chains).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use nftables::expr::{
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem, Verdict,
+};
+use nftables::schema::{
+    Chain, Counter as CounterObj, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType,
+    SetTypeValue, Table,
+};
+use nftables::stmt::{
+    Counter, JumpTarget, Limit, Log, LogLevel, Match, Operator, Statement, VerdictMap,
+};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use crate::compile::{ExceptionPlan, Plan};
+use crate::model::{ExceptionTarget, L4, Mode};
+
+/// Name of Ward's table (family `inet`).
+pub const TABLE: &str = "ward";
+/// Counter of packets from unknown sources on device interfaces.
+pub const UNKNOWN_COUNTER: &str = "unknown_src";
+/// Drop logs per device and chain are limited to this many per minute, so a
+/// flooding device cannot flood the journal; the counters still see every packet.
+pub const LOG_PER_MINUTE: u32 = 10;
+
+type E = Expression<'static>;
+type S = Statement<'static>;
+
+fn s(x: impl Into<String>) -> E {
+    Expression::String(Cow::Owned(x.into()))
+}
+
+fn meta(key: MetaKey) -> E {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn field(protocol: &'static str, field: &'static str) -> E {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn ct(key: &'static str) -> E {
+    Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }))
+}
+
+fn is(left: E, right: E) -> S {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn is_in(left: E, right: E) -> S {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::IN,
+    })
+}
+
+fn set_of(items: impl IntoIterator<Item = E>) -> E {
+    Expression::Named(NamedExpression::Set(
+        items.into_iter().map(SetItem::Element).collect(),
+    ))
+}
+
+/// One value as itself, several as an anonymous set.
+fn one_or_set(mut items: Vec<E>) -> E {
+    if items.len() == 1 {
+        items.remove(0)
+    } else {
+        set_of(items)
+    }
+}
+
+fn goto(chain: String) -> S {
+    Statement::Goto(JumpTarget {
+        target: Cow::Owned(chain),
+    })
+}
+
+fn vmap(key: E, pairs: Vec<(E, String)>) -> S {
+    Statement::VerdictMap(VerdictMap {
+        key,
+        data: Expression::Named(NamedExpression::Set(
+            pairs
+                .into_iter()
+                .map(|(k, chain)| {
+                    SetItem::Mapping(
+                        k,
+                        Expression::Verdict(Verdict::Goto(JumpTarget {
+                            target: Cow::Owned(chain),
+                        })),
+                    )
+                })
+                .collect(),
+        )),
+    })
+}
+
+fn counter() -> S {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
+fn accept() -> S {
+    Statement::Accept(None)
+}
+
+fn drop() -> S {
+    Statement::Drop(None)
+}
+
+/// Chain that counts, logs and drops (or, in monitor mode, accepts) one device's traffic.
+pub fn drop_chain(id: &str) -> String {
+    format!("drop_{id}")
+}
+
+fn src_chain(id: &str) -> String {
+    format!("src_{id}")
+}
+
+struct Batch {
+    objects: Vec<NfObject<'static>>,
+}
+
+impl Batch {
+    fn add(&mut self, o: NfListObject<'static>) {
+        self.objects.push(NfObject::CmdObject(NfCmd::Add(o)));
+    }
+
+    fn chain(&mut self, name: &str, base: Option<(NfHook, i32, NfChainPolicy)>) {
+        let (hook, prio, policy) = match base {
+            Some((h, p, pol)) => (Some(h), Some(p), Some(pol)),
+            None => (None, None, None),
+        };
+        self.add(NfListObject::Chain(Chain {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: Cow::Owned(name.to_owned()),
+            _type: base.map(|_| NfChainType::Filter),
+            hook,
+            prio,
+            policy,
+            ..Chain::default()
+        }));
+    }
+
+    fn rule(&mut self, chain: &str, comment: Option<&str>, expr: Vec<S>) {
+        self.add(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            chain: Cow::Owned(chain.to_owned()),
+            expr: expr.into(),
+            handle: None,
+            index: None,
+            comment: comment.map(|c| Cow::Owned(c.to_owned())),
+        }));
+    }
+
+    fn set(&mut self, name: &str, set_type: SetTypeValue<'static>, elem: Vec<E>) {
+        self.add(NfListObject::Set(Box::new(Set {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: Cow::Owned(name.to_owned()),
+            handle: None,
+            set_type,
+            policy: None,
+            flags: None,
+            elem: (!elem.is_empty()).then(|| elem.into()),
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment: None,
+        })));
+    }
+
+    fn counter(&mut self, name: &str) {
+        self.add(NfListObject::Counter(CounterObj {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: Cow::Owned(name.to_owned()),
+            handle: None,
+            packets: None,
+            bytes: None,
+        }));
+    }
+}
+
+/// Build the batch that replaces table `inet ward` with `plan`'s ruleset.
+pub(crate) fn ruleset(plan: &Plan) -> Nftables<'static> {
+    let mut b = Batch {
+        objects: Vec::new(),
+    };
+    let table = || {
+        NfListObject::Table(Table {
+            family: NfFamily::INet,
+            name: TABLE.into(),
+            handle: None,
+        })
+    };
+    // add + delete + add: the delete cannot fail (the table exists by then),
+    // and the whole replacement is one kernel transaction.
+    b.add(table());
+    b.objects.push(NfObject::CmdObject(NfCmd::Delete(table())));
+    b.add(table());
+
+    let verdict = match plan.mode {
+        Mode::Enforce => drop(),
+        Mode::Monitor => accept(),
+    };
+    let devices: Vec<_> = plan.devices.values().collect();
+    let ifaces = (!plan.device_interfaces.is_empty())
+        .then(|| one_or_set(plan.device_interfaces.iter().map(s).collect()));
+    let iif = |ifaces: &E| is(meta(MetaKey::Iifname), ifaces.clone());
+    let oif = |ifaces: &E| is(meta(MetaKey::Oifname), ifaces.clone());
+    let by_ip: Vec<(E, String)> = devices
+        .iter()
+        .map(|d| (s(d.ip.to_string()), drop_chain(&d.id)))
+        .collect();
+
+    // Sets.
+    b.set(
+        "quarantine4",
+        SetTypeValue::Single(SetType::Ipv4Addr),
+        devices
+            .iter()
+            .filter(|d| d.quarantined && d.ip.is_ipv4())
+            .map(|d| s(d.ip.to_string()))
+            .collect(),
+    );
+    b.set(
+        "quarantine_mac",
+        SetTypeValue::Single(SetType::EtherAddr),
+        devices
+            .iter()
+            .filter(|d| d.quarantined)
+            .map(|d| s(d.mac.to_string()))
+            .collect(),
+    );
+    b.set(
+        "listen4",
+        SetTypeValue::Concatenated(
+            vec![SetType::Ipv4Addr, SetType::Ipv4Addr, SetType::InetService].into(),
+        ),
+        plan.routes
+            .iter()
+            .filter(|r| r.src.is_ipv4() && r.dst.is_ipv4())
+            .map(|r| {
+                Expression::Named(NamedExpression::Concat(vec![
+                    s(r.src.to_string()),
+                    s(r.dst.ip().to_string()),
+                    Expression::Number(u32::from(r.dst.port())),
+                ]))
+            })
+            .collect(),
+    );
+
+    // Counters.
+    for d in &devices {
+        b.counter(&d.counter);
+    }
+    b.counter(UNKNOWN_COUNTER);
+
+    // Chains first: rules below jump to them.
+    b.chain(
+        "prerouting",
+        Some((NfHook::Prerouting, -300, NfChainPolicy::Accept)),
+    );
+    b.chain("input", Some((NfHook::Input, 0, NfChainPolicy::Accept)));
+    b.chain("forward", Some((NfHook::Forward, 0, NfChainPolicy::Drop)));
+    b.chain("output", Some((NfHook::Output, 0, NfChainPolicy::Accept)));
+    for d in &devices {
+        b.chain(&src_chain(&d.id), None);
+        b.chain(&drop_chain(&d.id), None);
+    }
+    b.chain("drop_unknown", None);
+
+    // Per-device chains.
+    for d in &devices {
+        let src = src_chain(&d.id);
+        b.rule(
+            &src,
+            Some("anti-spoofing: own address"),
+            vec![
+                is(field("ip", "saddr"), s(d.ip.to_string())),
+                Statement::Return(None),
+            ],
+        );
+        if plan
+            .exceptions
+            .iter()
+            .any(|e| is_dhcp(e) && e.sources.contains(&d.ip))
+        {
+            b.rule(
+                &src,
+                Some("dhcp discovery before the device has its address"),
+                vec![
+                    is(field("ip", "saddr"), s("0.0.0.0")),
+                    is(field("ip", "daddr"), s("255.255.255.255")),
+                    is(field("udp", "dport"), Expression::Number(67)),
+                    Statement::Return(None),
+                ],
+            );
+        }
+        b.rule(&src, Some("spoofed source"), vec![goto(drop_chain(&d.id))]);
+        drop_rules(&mut b, &drop_chain(&d.id), &d.counter, &d.id, &verdict);
+    }
+    drop_rules(&mut b, "drop_unknown", UNKNOWN_COUNTER, "unknown", &verdict);
+
+    let quarantine_src = || is(field("ip", "saddr"), s("@quarantine4"));
+    let quarantine_dst = || is(field("ip", "daddr"), s("@quarantine4"));
+
+    // prerouting
+    b.rule(
+        "prerouting",
+        Some("quarantine"),
+        vec![
+            is(field("ether", "saddr"), s("@quarantine_mac")),
+            counter(),
+            drop(),
+        ],
+    );
+    b.rule(
+        "prerouting",
+        Some("quarantine"),
+        vec![quarantine_src(), counter(), drop()],
+    );
+    if let Some(ifs) = &ifaces {
+        if !devices.is_empty() {
+            b.rule(
+                "prerouting",
+                Some("known MAC: check its address"),
+                vec![
+                    iif(ifs),
+                    vmap(
+                        field("ether", "saddr"),
+                        devices
+                            .iter()
+                            .map(|d| (s(d.mac.to_string()), src_chain(&d.id)))
+                            .collect(),
+                    ),
+                ],
+            );
+            b.rule(
+                "prerouting",
+                Some("known address from an unknown MAC"),
+                vec![iif(ifs), vmap(field("ip", "saddr"), by_ip.clone())],
+            );
+        }
+        b.rule(
+            "prerouting",
+            Some("unknown source"),
+            vec![iif(ifs), goto("drop_unknown".to_owned())],
+        );
+    }
+
+    // input
+    let established = || {
+        is_in(
+            ct("state"),
+            Expression::List(vec![s("established"), s("related")]),
+        )
+    };
+    b.rule(
+        "input",
+        Some("quarantine"),
+        vec![quarantine_src(), counter(), drop()],
+    );
+    b.rule("input", None, vec![established(), accept()]);
+    if let Some(ifs) = &ifaces {
+        b.rule(
+            "input",
+            Some("device to its own listeners"),
+            vec![
+                iif(ifs),
+                is(
+                    Expression::Named(NamedExpression::Concat(vec![
+                        field("ip", "saddr"),
+                        field("ip", "daddr"),
+                        field("tcp", "dport"),
+                    ])),
+                    s("@listen4"),
+                ),
+                accept(),
+            ],
+        );
+        for e in plan
+            .exceptions
+            .iter()
+            .filter(|e| e.to == ExceptionTarget::Gateway)
+        {
+            let mut sources: Vec<E> = e.sources.iter().map(|ip| s(ip.to_string())).collect();
+            if is_dhcp(e) {
+                sources.push(s("0.0.0.0"));
+            }
+            let mut expr = vec![iif(ifs), is(field("ip", "saddr"), one_or_set(sources))];
+            expr.extend(proto_match(e));
+            expr.push(accept());
+            b.rule("input", Some(&format!("exception {}", e.name)), expr);
+        }
+        if !devices.is_empty() {
+            b.rule(
+                "input",
+                Some("device to the gateway"),
+                vec![iif(ifs), vmap(field("ip", "saddr"), by_ip.clone())],
+            );
+        }
+        b.rule(
+            "input",
+            Some("unknown source"),
+            vec![iif(ifs), goto("drop_unknown".to_owned())],
+        );
+    }
+
+    // forward
+    b.rule(
+        "forward",
+        Some("quarantine"),
+        vec![quarantine_src(), counter(), drop()],
+    );
+    b.rule(
+        "forward",
+        Some("quarantine"),
+        vec![quarantine_dst(), counter(), drop()],
+    );
+    b.rule("forward", None, vec![established(), accept()]);
+    b.rule("forward", None, vec![is(ct("state"), s("invalid")), drop()]);
+    if let Some(ifs) = &ifaces {
+        for e in &plan.exceptions {
+            let ExceptionTarget::Net { addr, prefix } = e.to else {
+                continue;
+            };
+            let dst = if (addr.is_ipv4() && prefix == 32) || prefix == 128 {
+                s(addr.to_string())
+            } else {
+                Expression::Named(NamedExpression::Prefix(nftables::expr::Prefix {
+                    addr: Box::new(s(addr.to_string())),
+                    len: u32::from(prefix),
+                }))
+            };
+            let mut expr = vec![
+                iif(ifs),
+                is(
+                    field("ip", "saddr"),
+                    one_or_set(e.sources.iter().map(|ip| s(ip.to_string())).collect()),
+                ),
+                is(field("ip", "daddr"), dst),
+            ];
+            expr.extend(proto_match(e));
+            expr.push(accept());
+            b.rule("forward", Some(&format!("exception {}", e.name)), expr);
+        }
+        if !devices.is_empty() {
+            b.rule(
+                "forward",
+                Some("lateral movement: device to device"),
+                vec![
+                    iif(ifs),
+                    oif(ifs),
+                    vmap(field("ip", "saddr"), by_ip.clone()),
+                ],
+            );
+            b.rule(
+                "forward",
+                Some("device to the network: only tunnels leave"),
+                vec![iif(ifs), vmap(field("ip", "saddr"), by_ip.clone())],
+            );
+            b.rule(
+                "forward",
+                Some("network to device: only tunnels arrive"),
+                vec![oif(ifs), vmap(field("ip", "daddr"), by_ip.clone())],
+            );
+        }
+        b.rule(
+            "forward",
+            Some("unknown source"),
+            vec![iif(ifs), goto("drop_unknown".to_owned())],
+        );
+    }
+    b.rule(
+        "forward",
+        Some("not a device flow: policy drop"),
+        vec![counter()],
+    );
+
+    // output
+    b.rule(
+        "output",
+        Some("quarantine"),
+        vec![quarantine_dst(), counter(), drop()],
+    );
+
+    Nftables {
+        objects: b.objects.into(),
+    }
+}
+
+fn drop_rules(b: &mut Batch, chain: &str, counter_name: &str, who: &str, verdict: &S) {
+    b.rule(
+        chain,
+        None,
+        vec![Statement::Counter(Counter::Named(Cow::Owned(
+            counter_name.to_owned(),
+        )))],
+    );
+    b.rule(
+        chain,
+        None,
+        vec![
+            Statement::Limit(Limit {
+                rate: LOG_PER_MINUTE,
+                rate_unit: None,
+                per: Some("minute".into()),
+                burst: Some(5),
+                burst_unit: None,
+                inv: None,
+            }),
+            Statement::Log(Some(Log {
+                prefix: Some(Cow::Owned(format!("ward drop {who}: "))),
+                level: Some(LogLevel::Warn),
+                ..Log::new(None)
+            })),
+        ],
+    );
+    b.rule(chain, None, vec![verdict.clone()]);
+}
+
+fn is_dhcp(e: &ExceptionPlan) -> bool {
+    e.protocol == L4::Udp
+        && e.port == Some(67)
+        && match e.to {
+            ExceptionTarget::Gateway => true,
+            ExceptionTarget::Net { addr, .. } => addr == IpAddr::V4(ExceptionTarget::BROADCAST),
+        }
+}
+
+fn proto_match(e: &ExceptionPlan) -> Vec<S> {
+    match (e.protocol, e.port) {
+        (L4::Icmp, _) => vec![is(meta(MetaKey::L4proto), s("icmp"))],
+        (L4::Tcp, Some(p)) => vec![is(field("tcp", "dport"), Expression::Number(u32::from(p)))],
+        (L4::Udp, Some(p)) => vec![is(field("udp", "dport"), Expression::Number(u32::from(p)))],
+        (L4::Tcp, None) => vec![is(meta(MetaKey::L4proto), s("tcp"))],
+        (L4::Udp, None) => vec![is(meta(MetaKey::L4proto), s("udp"))],
+    }
+}

@@ -1,0 +1,496 @@
+//! Unit tests of validation, compile and authorization. Each validation rule
+//! has a test that breaks it and checks the diagnostic names line and key.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::model::{Date, Mode, WeekTime};
+use crate::*;
+
+const EXAMPLE: &str = include_str!("../examples/hospital.toml");
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match load("p.toml", text, &ValidateOptions::default()) {
+        Ok((_, warnings)) => panic!("policy accepted, warnings: {warnings:?}"),
+        Err(d) => d
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect(),
+    }
+}
+
+fn warnings(text: &str, today: Option<Date>) -> Vec<Diagnostic> {
+    match load("p.toml", text, &ValidateOptions { today }) {
+        Ok((_, w)) => w,
+        Err(d) => panic!("policy rejected: {d:#?}"),
+    }
+}
+
+/// The one error in `text`, asserted to be about `key`, with its line.
+fn one_error(text: &str, key: &str) -> Diagnostic {
+    let errs = errors(text);
+    assert_eq!(
+        errs.len(),
+        1,
+        "expected one error about {key}, got {errs:#?}"
+    );
+    assert_eq!(errs[0].key, key, "{errs:#?}");
+    errs[0].clone()
+}
+
+fn line_of(text: &str, needle: &str) -> u32 {
+    let at = text.find(needle).expect("needle in text");
+    text[..at].matches('\n').count() as u32 + 1
+}
+
+fn example() -> Policy {
+    load("hospital.toml", EXAMPLE, &ValidateOptions::default())
+        .expect("example is valid")
+        .0
+}
+
+/// The shipped example validates without errors.
+#[test]
+fn example_is_valid() {
+    let (_, warnings) = load("hospital.toml", EXAMPLE, &ValidateOptions::default()).expect("valid");
+    // The CT scanner is past end of support but tightly held: no warning.
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
+/// A flow naming an undefined device is an error with a did-you-mean.
+#[test]
+fn unknown_device_reference() {
+    let text = EXAMPLE.replace("from = \"pump-icu-01\"", "from = \"pump-icu-1\"");
+    let e = one_error(&text, "flows[1].from");
+    assert_eq!(e.line, line_of(&text, "from = \"pump-icu-1\""));
+    assert!(
+        e.message.contains("device \"pump-icu-1\" is not defined"),
+        "{e}"
+    );
+    assert_eq!(e.help.as_deref(), Some("did you mean \"pump-icu-01\"?"));
+    assert!(e.to_string().starts_with(&format!("p.toml:{}:", e.line)));
+}
+
+/// A flow naming an undefined service is an error.
+#[test]
+fn unknown_service_reference() {
+    let text = EXAMPLE.replace("to = \"pacs\"", "to = \"pac\"");
+    let e = one_error(&text, "flows[0].to");
+    assert_eq!(e.help.as_deref(), Some("did you mean \"pacs\"?"));
+}
+
+/// A device on an undefined gateway is an error.
+#[test]
+fn unknown_gateway_reference() {
+    let text = EXAMPLE.replacen("gateway = \"edge-01\"", "gateway = \"edge-1\"", 1);
+    let e = one_error(&text, "devices.ct-scanner-2.gateway");
+    assert_eq!(e.help.as_deref(), Some("did you mean \"edge-01\"?"));
+}
+
+/// A service through an undefined hub is an error.
+#[test]
+fn unknown_via_reference() {
+    let text = EXAMPLE.replacen("via = \"hub-dc-01\"", "via = \"hub-dc-02\"", 1);
+    one_error(&text, "services.pacs.via");
+}
+
+/// Two devices with one IP address is an error naming the first.
+#[test]
+fn duplicate_ip() {
+    let text = EXAMPLE.replace("ip = \"198.51.100.34\"", "ip = \"198.51.100.18\"");
+    let e = one_error(&text, "devices.pump-icu-02.ip");
+    assert!(e.message.contains("pump-icu-01"), "{e}");
+}
+
+/// Two devices with one MAC is an error.
+#[test]
+fn duplicate_mac() {
+    let text = EXAMPLE.replace("mac = \"02:00:00:00:00:22\"", "mac = \"02:00:00:00:00:12\"");
+    one_error(&text, "devices.pump-icu-02.mac");
+}
+
+/// A name used by a device and a service is an error.
+#[test]
+fn duplicate_id_across_kinds() {
+    let text = EXAMPLE.replace(
+        "[services.pacs]",
+        "[services.pump-icu-01]\naddress = \"203.0.113.9:1\"\nvia = \"hub-dc-01\"\n[services.pacs]",
+    );
+    one_error(&text, "services.pump-icu-01");
+}
+
+/// Two flows with one name is an error.
+#[test]
+fn duplicate_flow_name() {
+    let text = EXAMPLE.replace("name = \"pump2-to-hl7\"", "name = \"pump1-to-hl7\"");
+    one_error(&text, "flows[2].name");
+}
+
+/// One device reaching two flows at one listen address is a clash.
+#[test]
+fn listen_clash_same_device() {
+    let text = EXAMPLE.replace("listen = \"198.51.100.17:2575\"", "listen = \"198.51.100.17:2575\"\n[[flows]]\nname = \"pump1-again\"\nfrom = \"pump-icu-01\"\nto = \"pacs\"\nlisten = \"198.51.100.17:2575\"");
+    let e = one_error(&text, "flows[2].listen");
+    assert!(
+        e.message.contains("clashes with flow \"pump1-to-hl7\""),
+        "{e}"
+    );
+}
+
+/// A TLS client listener and a device listener on one address clash.
+#[test]
+fn listen_clash_kinds() {
+    let text = EXAMPLE.replace(
+        "listen = \"192.0.2.10:24105\"",
+        "listen = \"198.51.100.1:104\"",
+    );
+    let e = one_error(&text, "flows[3].listen");
+    assert!(e.message.contains("both"), "{e}");
+}
+
+/// Two devices may share a listen address: the source tells them apart.
+#[test]
+fn shared_listen_for_different_devices_is_fine() {
+    let text = EXAMPLE.replace(
+        "listen = \"198.51.100.33:2575\"",
+        "listen = \"198.51.100.17:2575\"",
+    );
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let plan = compile(&p, "edge-01").expect("compiles");
+    let dst: SocketAddr = "198.51.100.17:2575".parse().expect("addr");
+    let pump1: IpAddr = "198.51.100.18".parse().expect("ip");
+    let pump2: IpAddr = "198.51.100.34".parse().expect("ip");
+    assert_eq!(plan.route(pump1, dst).expect("route").name, "pump1-to-hl7");
+    assert_eq!(plan.route(pump2, dst).expect("route").name, "pump2-to-hl7");
+    assert_eq!(plan.listeners.iter().filter(|l| l.addr == dst).count(), 1);
+}
+
+/// A device on an interface its gateway does not have is an error.
+#[test]
+fn device_interface_missing_on_gateway() {
+    let text = EXAMPLE.replace("interface = \"dev3\"", "interface = \"dev4\"");
+    let e = one_error(&text, "devices.monitor-icu-3.interface");
+    assert!(
+        e.message.contains("has no device interface \"dev4\""),
+        "{e}"
+    );
+}
+
+/// An inbound flow whose client is not a declared identity is an error.
+#[test]
+fn inbound_without_client_identity() {
+    let text = EXAMPLE.replace("from = \"vendor-vitalis\"", "from = \"vendor-x\"");
+    let e = one_error(&text, "flows[3].from");
+    assert!(
+        e.message
+            .contains("client identity \"vendor-x\" is not defined"),
+        "{e}"
+    );
+    let text = EXAMPLE.replace("from = \"vendor-vitalis\"\n", "");
+    let errs = parse("p.toml", &text).expect_err("missing from");
+    assert_eq!(errs[0].key, "flows[3].from");
+    assert!(errs[0].message.contains("needs a client identity"));
+}
+
+/// A device-to-device flow is refused as lateral movement.
+#[test]
+fn lateral_flow_refused() {
+    let text = format!(
+        "{EXAMPLE}\n[[flows]]\nname = \"lat\"\nfrom = \"pump-icu-01\"\nto = \"monitor-icu-3\"\nport = 1\nlisten = \"198.51.100.17:1\"\n"
+    );
+    let e = one_error(&text, "flows[4].from");
+    assert!(e.message.contains("lateral"), "{e}");
+}
+
+/// A raw exception without a justification is an error.
+#[test]
+fn exception_without_justification() {
+    let start = EXAMPLE.find("justification = \"Devices").expect("present");
+    let end = start + EXAMPLE[start..].find('\n').expect("eol");
+    let text = format!("{}{}", &EXAMPLE[..start], &EXAMPLE[end..]);
+    let e = one_error(&text, "exceptions[0].justification");
+    assert_eq!(e.line, line_of(&text, "name = \"ntp\""));
+    let short = EXAMPLE.replace(&EXAMPLE[start..end], "justification = \"ok\"");
+    one_error(&short, "exceptions[0].justification");
+}
+
+/// A quarantine entry must name a device.
+#[test]
+fn unknown_quarantine_entry() {
+    let text = EXAMPLE.replace("quarantine = []", "quarantine = [\"pump-icu-3\"]");
+    one_error(&text, "quarantine");
+}
+
+/// A device past end of support that is loosely held draws a warning.
+#[test]
+fn legacy_device_without_restrictions_warns() {
+    let monitor = EXAMPLE.replace("mode = \"enforce\"", "mode = \"monitor\"");
+    let w = warnings(&monitor, None);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].key, "devices.ct-scanner-2.support");
+    assert_eq!(w[0].severity, Severity::Warning);
+    let any_port = EXAMPLE.replace("port = 123\n", "");
+    let w = warnings(&any_port, None);
+    assert!(w.iter().any(|w| w.message.contains("every port")), "{w:#?}");
+    // A supported device whose end date has passed counts as past end of support.
+    let w = warnings(
+        &any_port,
+        Some(Date {
+            year: 2030,
+            month: 1,
+            day: 1,
+        }),
+    );
+    assert_eq!(w.len(), 4, "{w:#?}");
+}
+
+/// Flows through the device's own gateway are refused: a tunnel needs a peer.
+#[test]
+fn via_own_gateway_refused() {
+    let text = EXAMPLE.replacen("via = \"hub-dc-01\"", "via = \"edge-01\"", 1);
+    one_error(&text, "flows[0].to");
+}
+
+/// QUIC only carries gateway tunnels, not native TLS services.
+#[test]
+fn quic_to_tls_service_refused() {
+    let text = EXAMPLE.replace(
+        "address = \"203.0.113.5:104\"\nvia = \"hub-dc-01\"",
+        "address = \"203.0.113.5:2762\"\ntls = { ca = \"/etc/ward/pacs-ca.pem\", server_name = \"pacs.st-mary.example\" }",
+    );
+    one_error(&text, "flows[0].transport");
+}
+
+/// Compile is deterministic: the same policy yields byte-identical output.
+#[test]
+fn compile_is_deterministic() {
+    let a = compile(&example(), "edge-01").expect("compiles");
+    let b = compile(&example(), "edge-01").expect("compiles");
+    assert_eq!(a.to_nft_json(), b.to_nft_json());
+    assert_eq!(
+        serde_json::to_string(&a).expect("json"),
+        serde_json::to_string(&b).expect("json")
+    );
+}
+
+/// The edge opens tunnels; the hub authorizes them against its own plan.
+#[test]
+fn both_ends_authorize() {
+    let p = example();
+    let edge = compile(&p, "edge-01").expect("edge");
+    let hub = compile(&p, "hub-dc-01").expect("hub");
+    let ct: IpAddr = "198.51.100.2".parse().expect("ip");
+    let flow = edge
+        .route(ct, "198.51.100.1:104".parse().expect("addr"))
+        .expect("route");
+    assert_eq!(flow.name, "ct2-to-pacs");
+    match &flow.target {
+        Target::Tunnel {
+            identity,
+            addr,
+            transport,
+            ..
+        } => {
+            assert_eq!(identity, "spiffe://st-mary.example/gateway/hub-dc-01");
+            assert_eq!(*addr, "192.0.2.20:4433".parse().expect("addr"));
+            assert_eq!(*transport, model::Transport::Quic);
+        }
+        t => panic!("unexpected target {t:?}"),
+    }
+    // A pump may not use the CT's listener.
+    let pump: IpAddr = "198.51.100.18".parse().expect("ip");
+    assert_eq!(
+        edge.route(pump, "198.51.100.1:104".parse().expect("addr"))
+            .unwrap_err(),
+        Denied::NoRoute
+    );
+
+    let edge_id = "spiffe://st-mary.example/gateway/edge-01";
+    let t = hub
+        .authorize_tunnel(edge_id, "ct2-to-pacs", "ct-scanner-2")
+        .expect("allowed");
+    assert_eq!(t.target, "203.0.113.5:104".parse().expect("addr"));
+    assert_eq!(
+        hub.authorize_tunnel(
+            "spiffe://st-mary.example/gateway/rogue",
+            "ct2-to-pacs",
+            "ct-scanner-2"
+        )
+        .unwrap_err(),
+        Denied::WrongPeer
+    );
+    assert_eq!(
+        hub.authorize_tunnel(edge_id, "ct2-to-pacs", "pump-icu-01")
+            .unwrap_err(),
+        Denied::WrongDevice
+    );
+    assert_eq!(
+        hub.authorize_tunnel(edge_id, "nope", "ct-scanner-2")
+            .unwrap_err(),
+        Denied::UnknownFlow
+    );
+    // The edge terminates no tunnels.
+    assert!(edge.tunnel_server.is_none());
+    assert_eq!(
+        hub.tunnel_server,
+        Some("192.0.2.20:4433".parse().expect("addr"))
+    );
+}
+
+/// Quarantine denies at both ends and fills the nft quarantine sets.
+#[test]
+fn quarantine_denies() {
+    let text = EXAMPLE.replace("quarantine = []", "quarantine = [\"ct-scanner-2\"]");
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    let hub = compile(&p, "hub-dc-01").expect("hub");
+    let ct: IpAddr = "198.51.100.2".parse().expect("ip");
+    assert_eq!(
+        edge.route(ct, "198.51.100.1:104".parse().expect("addr"))
+            .unwrap_err(),
+        Denied::Quarantined
+    );
+    assert_eq!(
+        hub.authorize_tunnel(
+            "spiffe://st-mary.example/gateway/edge-01",
+            "ct2-to-pacs",
+            "ct-scanner-2"
+        )
+        .unwrap_err(),
+        Denied::Quarantined
+    );
+    let json = edge.to_nft_json();
+    assert!(
+        json.contains(r#""name":"quarantine4","type":"ipv4_addr","elem":["198.51.100.2"]"#),
+        "{json}"
+    );
+    assert!(
+        json.contains(
+            r#""name":"quarantine_mac","type":"ether_addr","elem":["02:00:00:00:00:02"]"#
+        )
+    );
+}
+
+/// Inbound access honours identity and the maintenance window (time injected).
+#[test]
+fn inbound_window() {
+    let edge = compile(&example(), "edge-01").expect("edge");
+    let listen: SocketAddr = "192.0.2.10:24105".parse().expect("addr");
+    let vendor = "spiffe://st-mary.example/client/vendor-vitalis";
+    let tue_3am = WeekTime {
+        weekday: 1,
+        minute: 180,
+    };
+    let tue_5am = WeekTime {
+        weekday: 1,
+        minute: 300,
+    };
+    let rule = edge
+        .authorize_client(vendor, listen, tue_3am)
+        .expect("inside window");
+    assert_eq!(rule.target, "198.51.100.50:24105".parse().expect("addr"));
+    assert_eq!(
+        edge.authorize_client(vendor, listen, tue_5am).unwrap_err(),
+        Denied::OutsideWindow
+    );
+    assert_eq!(
+        edge.authorize_client("spiffe://st-mary.example/client/clinician", listen, tue_3am)
+            .unwrap_err(),
+        Denied::WrongPeer
+    );
+}
+
+/// Monitor mode accepts where enforce drops, in every per-device drop chain.
+#[test]
+fn monitor_mode_accepts_and_counts() {
+    let enforce = compile(&example(), "edge-01").expect("edge");
+    let text = EXAMPLE.replace("mode = \"enforce\"", "mode = \"monitor\"");
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    assert_eq!(p.mode, Mode::Monitor);
+    let monitor = compile(&p, "edge-01").expect("edge");
+    let verdicts = |plan: &Plan, v: &str| {
+        diff::rule_lines(plan)
+            .into_iter()
+            .filter(|l| l.starts_with("rule drop_") && l.ends_with(&format!("[{{\"{v}\":null}}]")))
+            .count()
+    };
+    // 4 devices + unknown
+    assert_eq!(verdicts(&enforce, "drop"), 5);
+    assert_eq!(verdicts(&enforce, "accept"), 0);
+    assert_eq!(verdicts(&monitor, "accept"), 5);
+    assert_eq!(verdicts(&monitor, "drop"), 0);
+    // Quarantine still drops in monitor mode.
+    assert!(
+        monitor
+            .to_nft_json()
+            .contains(r#""right":"@quarantine4","op":"=="}},{"counter":null},{"drop":null}"#)
+    );
+}
+
+/// The batch replaces the table: add, delete, add, before anything else.
+#[test]
+fn batch_replaces_table() {
+    let json: serde_json::Value =
+        serde_json::from_str(&compile(&example(), "edge-01").expect("edge").to_nft_json())
+            .expect("json");
+    let cmds = json["nftables"].as_array().expect("array");
+    let head: Vec<String> = cmds[..3].iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        head,
+        [
+            r#"{"add":{"table":{"family":"inet","name":"ward"}}}"#,
+            r#"{"delete":{"table":{"family":"inet","name":"ward"}}}"#,
+            r#"{"add":{"table":{"family":"inet","name":"ward"}}}"#,
+        ]
+    );
+    // Every device has a counter; anti-spoofing binds each MAC to its address.
+    for id in [
+        "ct-scanner-2",
+        "pump-icu-01",
+        "pump-icu-02",
+        "monitor-icu-3",
+    ] {
+        assert!(
+            cmds.iter()
+                .any(|c| c["add"]["counter"]["name"] == format!("dev_{id}")),
+            "{id}"
+        );
+    }
+}
+
+/// Diff reports devices, flows and rules per gateway.
+#[test]
+fn diff_reports_changes() {
+    let old = example();
+    let text = EXAMPLE
+        .replace("firmware = \"J.10.02\"", "firmware = \"J.10.03\"")
+        .replace("port = 123\n", "port = 1234\n");
+    let (new, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let d = diff::diff(&old, &new);
+    let edge = d
+        .gateways
+        .iter()
+        .find(|g| g.gateway == "edge-01")
+        .expect("edge");
+    assert_eq!(edge.status, "changed");
+    assert_eq!(edge.devices.changed, ["monitor-icu-3"]);
+    assert!(edge.flows.is_empty());
+    assert_eq!(edge.rules.added.len(), 1, "{:#?}", edge.rules);
+    assert!(edge.rules.added[0].contains("1234"));
+    let hub = d
+        .gateways
+        .iter()
+        .find(|g| g.gateway == "hub-dc-01")
+        .expect("hub");
+    assert_eq!(hub.status, "unchanged");
+    assert!(diff::diff(&old, &old).is_empty());
+}
+
+/// Asking for a gateway the policy lacks is an error with a suggestion.
+#[test]
+fn unknown_gateway_compile() {
+    let e = compile(&example(), "edge-1").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "gateway \"edge-1\" is not defined in the policy (did you mean \"edge-01\"?)"
+    );
+}

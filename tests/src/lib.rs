@@ -1,0 +1,16 @@
+//! Ward's test harness: network namespaces, synthetic policies, and (as the
+//! product grows) the daemon builder and real protocol peers.
+//!
+//! # Layout
+//! - [`netns`]: network namespaces that clean up after themselves, and the
+//!   skip-or-fail rule for tests that need root.
+//! - [`synthetic`]: generated site policies of any size, for benchmarks.
+//!
+//! # What this crate does not do
+//! It is not shipped: `publish = false`, and nothing in `wardd` depends on it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod netns;
+pub mod synthetic;

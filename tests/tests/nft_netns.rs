@@ -1,0 +1,166 @@
+//! The compiled ruleset against the real `nft`, inside namespaces these tests
+//! create. Needs root; skips elsewhere, fails under CI=true.
+
+use ward_gateway::nft::{ApplyError, Nft};
+use ward_tests::netns_or_skip;
+
+const EXAMPLE: &str = include_str!("../../policy/examples/hospital.toml");
+
+fn plan(gateway: &str) -> ward_policy::Plan {
+    let (policy, _) =
+        ward_policy::load("hospital.toml", EXAMPLE, &Default::default()).expect("valid example");
+    ward_policy::compile(&policy, gateway).expect("compiles")
+}
+
+fn objects<'a>(table: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+    table["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|o| o.get(kind))
+        .collect()
+}
+
+/// The example's edge ruleset loads in a fresh namespace and reads back with
+/// its base chains, per-device counters and listener set.
+#[test]
+fn example_ruleset_applies_and_reads_back() {
+    let ns = netns_or_skip!("apply");
+    let nft = Nft::in_netns(ns.name());
+    assert!(
+        nft.list_table().expect("list").is_none(),
+        "fresh namespace has no ward table"
+    );
+    let edge = plan("edge-01");
+    nft.apply_json(&edge.to_nft_json())
+        .expect("edge ruleset applies");
+
+    let table = nft.list_table().expect("list").expect("table exists");
+    let chains: Vec<(&str, Option<&str>, Option<&str>)> = objects(&table, "chain")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().expect("name"),
+                c["hook"].as_str(),
+                c["policy"].as_str(),
+            )
+        })
+        .collect();
+    for base in [
+        ("prerouting", "accept"),
+        ("input", "accept"),
+        ("forward", "drop"),
+        ("output", "accept"),
+    ] {
+        assert!(
+            chains.contains(&(base.0, Some(base.0), Some(base.1))),
+            "{base:?} in {chains:?}"
+        );
+    }
+    for id in [
+        "ct-scanner-2",
+        "pump-icu-01",
+        "pump-icu-02",
+        "monitor-icu-3",
+    ] {
+        assert!(
+            chains.iter().any(|c| c.0 == format!("drop_{id}")),
+            "drop chain of {id}"
+        );
+    }
+    let counters: Vec<String> = nft
+        .list_counters()
+        .expect("counters")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        counters,
+        [
+            "dev_ct-scanner-2",
+            "dev_monitor-icu-3",
+            "dev_pump-icu-01",
+            "dev_pump-icu-02",
+            "unknown_src"
+        ]
+    );
+    let listen4 = objects(&table, "set")
+        .into_iter()
+        .find(|s| s["name"] == "listen4")
+        .expect("listen4 set");
+    assert_eq!(
+        listen4["elem"].as_array().map(Vec::len),
+        Some(3),
+        "{listen4}"
+    );
+    let rules = objects(&table, "rule");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["comment"] == "lateral movement: device to device")
+    );
+}
+
+/// Replacing the table drops stale objects (add+delete+add, not flush), and a
+/// batch nft refuses leaves the previous ruleset exactly as it was.
+#[test]
+fn replace_is_atomic_and_failure_keeps_previous() {
+    let ns = netns_or_skip!("atomic");
+    let nft = Nft::in_netns(ns.name());
+    nft.apply_json(&plan("edge-01").to_nft_json())
+        .expect("edge applies");
+
+    // Replace with the hub's ruleset: the edge's device objects must be gone.
+    let hub = plan("hub-dc-01");
+    nft.apply_json(&hub.to_nft_json())
+        .expect("hub applies over edge");
+    let table = nft.list_table().expect("list").expect("table");
+    assert!(
+        objects(&table, "counter")
+            .iter()
+            .all(|c| !c["name"].as_str().unwrap_or("").starts_with("dev_")),
+        "stale device counters survived the replacement"
+    );
+    assert!(
+        objects(&table, "chain")
+            .iter()
+            .all(|c| c["name"] != "drop_ct-scanner-2")
+    );
+    let before = ns.run(&["nft", "list", "table", "inet", "ward"]);
+
+    // A batch that replaces the table and then fails half-way.
+    let mut broken: serde_json::Value =
+        serde_json::from_str(&plan("edge-01").to_nft_json()).expect("json");
+    broken["nftables"].as_array_mut().expect("array").push(serde_json::json!(
+        {"add": {"rule": {"family": "inet", "table": "ward", "chain": "no-such-chain", "expr": [{"accept": null}]}}}
+    ));
+    match nft.apply_json(&broken.to_string()) {
+        Err(ApplyError::Refused { stderr, .. }) => assert!(
+            stderr.contains("No such file or directory"),
+            "nft's reason is reported: {stderr}"
+        ),
+        other => panic!("broken batch was not refused: {other:?}"),
+    }
+    let after = ns.run(&["nft", "list", "table", "inet", "ward"]);
+    assert_eq!(before, after, "a refused batch changed the running ruleset");
+}
+
+/// Monitor mode and quarantine render rulesets nft accepts.
+#[test]
+fn monitor_and_quarantine_variants_apply() {
+    let ns = netns_or_skip!("variants");
+    let nft = Nft::in_netns(ns.name());
+    let text = EXAMPLE
+        .replace("mode = \"enforce\"", "mode = \"monitor\"")
+        .replace("quarantine = []", "quarantine = [\"pump-icu-02\"]");
+    let (policy, _) = ward_policy::load("p.toml", &text, &Default::default()).expect("valid");
+    let plan = ward_policy::compile(&policy, "edge-01").expect("compiles");
+    nft.apply_json(&plan.to_nft_json()).expect("applies");
+    let listing = ns.run(&["nft", "list", "set", "inet", "ward", "quarantine4"]);
+    assert!(listing.contains("198.51.100.34"), "{listing}");
+    let chain = ns.run(&["nft", "list", "chain", "inet", "ward", "drop_pump-icu-01"]);
+    assert!(
+        chain.contains("accept") && !chain.contains("drop\n"),
+        "monitor mode accepts: {chain}"
+    );
+}
