@@ -90,9 +90,15 @@ echo tick | ip netns exec "$CT" nc -u -w1 192.0.2.123 123 || true
 wait || true
 if grep -q tick "/tmp/ward-demo-ntp-$tag"; then ok "CT -> NTP 192.0.2.123:123/udp (justified exception): allowed"; else bad "NTP exception did not pass"; fi
 rm -f "/tmp/ward-demo-ntp-$tag"
-# Spoofing: the CT sends with the pump's address.
+# Spoofing: the CT sends NTP, which the exception allows for the pump, with
+# the pump's address. Only the MAC-address binding stops it.
 ip -n "$CT" addr add 198.51.100.18/32 dev eth0
-if ip netns exec "$CT" ping -c1 -W1 -I 198.51.100.18 192.0.2.50 >/dev/null 2>&1; then bad "spoofed packet passed"; else ok "CT using the pump's address (spoofing): dropped"; fi
+ip netns exec "$LAN" timeout 4 nc -u -l -W 1 192.0.2.123 123 > "/tmp/ward-demo-ntp-$tag" &
+sleep 0.5
+echo spoofed | ip netns exec "$CT" nc -u -w1 -s 198.51.100.18 192.0.2.123 123 || true
+wait || true
+if grep -q spoofed "/tmp/ward-demo-ntp-$tag"; then bad "spoofed NTP passed"; else ok "CT sending as the pump 198.51.100.18 (spoofing), even to NTP: dropped"; fi
+rm -f "/tmp/ward-demo-ntp-$tag"
 
 step "7. per-device drop counters (what wardd will export as metrics)"
 ip netns exec "$GW" nft list counters table inet ward |

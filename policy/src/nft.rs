@@ -5,12 +5,14 @@
 //! ```text
 //! table inet ward
 //!   set quarantine4 (ipv4_addr), set quarantine_mac (ether_addr)
+//!   set identity4 (ether_addr . ipv4_addr): each device's MAC with its address
 //!   set listen4 (ipv4_addr . ipv4_addr . inet_service): device → its own listeners
 //!   counter dev_<id> per device, counter unknown_src
 //!   chain prerouting  (hook prerouting, priority -300, policy accept)
-//!     quarantine → drop; on device interfaces: dispatch by source MAC to
-//!     src_<id> (anti-spoofing: the MAC's device must use its own IP), a known
-//!     IP from an unknown MAC to drop_<id>, anything else to drop_unknown
+//!     quarantine → drop; on device interfaces: (MAC . IP) in identity4 →
+//!     accept (anti-spoofing); a known MAC with another address → drop_<id> of
+//!     the MAC's device; a known IP from an unknown MAC → drop_<id> of the
+//!     IP's device; anything else → drop_unknown
 //!   chain input       (hook input, priority 0, policy accept)
 //!     quarantine → drop; established → accept; device → its own listeners
 //!     (listen4) → accept; exceptions to the gateway → accept; rest of the
@@ -155,10 +157,6 @@ pub fn drop_chain(id: &str) -> String {
     format!("drop_{id}")
 }
 
-fn src_chain(id: &str) -> String {
-    format!("src_{id}")
-}
-
 struct Batch {
     objects: Vec<NfObject<'static>>,
 }
@@ -277,6 +275,27 @@ pub(crate) fn ruleset(plan: &Plan) -> Nftables<'static> {
             .map(|d| s(d.mac.to_string()))
             .collect(),
     );
+    // (MAC . address) pairs a device may send with; (MAC . 0.0.0.0) too for
+    // a device whose DHCP exception lets it ask for its address.
+    let mut identity = Vec::new();
+    for d in devices.iter().filter(|d| d.ip.is_ipv4()) {
+        let pair = |ip: String| {
+            Expression::Named(NamedExpression::Concat(vec![s(d.mac.to_string()), s(ip)]))
+        };
+        identity.push(pair(d.ip.to_string()));
+        if plan
+            .exceptions
+            .iter()
+            .any(|e| is_dhcp(e) && e.sources.contains(&d.ip))
+        {
+            identity.push(pair("0.0.0.0".to_owned()));
+        }
+    }
+    b.set(
+        "identity4",
+        SetTypeValue::Concatenated(vec![SetType::EtherAddr, SetType::Ipv4Addr].into()),
+        identity,
+    );
     b.set(
         "listen4",
         SetTypeValue::Concatenated(
@@ -310,39 +329,12 @@ pub(crate) fn ruleset(plan: &Plan) -> Nftables<'static> {
     b.chain("forward", Some((NfHook::Forward, 0, NfChainPolicy::Drop)));
     b.chain("output", Some((NfHook::Output, 0, NfChainPolicy::Accept)));
     for d in &devices {
-        b.chain(&src_chain(&d.id), None);
         b.chain(&drop_chain(&d.id), None);
     }
     b.chain("drop_unknown", None);
 
     // Per-device chains.
     for d in &devices {
-        let src = src_chain(&d.id);
-        b.rule(
-            &src,
-            Some("anti-spoofing: own address"),
-            vec![
-                is(field("ip", "saddr"), s(d.ip.to_string())),
-                Statement::Return(None),
-            ],
-        );
-        if plan
-            .exceptions
-            .iter()
-            .any(|e| is_dhcp(e) && e.sources.contains(&d.ip))
-        {
-            b.rule(
-                &src,
-                Some("dhcp discovery before the device has its address"),
-                vec![
-                    is(field("ip", "saddr"), s("0.0.0.0")),
-                    is(field("ip", "daddr"), s("255.255.255.255")),
-                    is(field("udp", "dport"), Expression::Number(67)),
-                    Statement::Return(None),
-                ],
-            );
-        }
-        b.rule(&src, Some("spoofed source"), vec![goto(drop_chain(&d.id))]);
         drop_rules(&mut b, &drop_chain(&d.id), &d.counter, &d.id, &verdict);
     }
     drop_rules(&mut b, "drop_unknown", UNKNOWN_COUNTER, "unknown", &verdict);
@@ -369,14 +361,29 @@ pub(crate) fn ruleset(plan: &Plan) -> Nftables<'static> {
         if !devices.is_empty() {
             b.rule(
                 "prerouting",
-                Some("known MAC: check its address"),
+                Some("anti-spoofing: each MAC with its own address"),
+                vec![
+                    iif(ifs),
+                    is(
+                        Expression::Named(NamedExpression::Concat(vec![
+                            field("ether", "saddr"),
+                            field("ip", "saddr"),
+                        ])),
+                        s("@identity4"),
+                    ),
+                    accept(),
+                ],
+            );
+            b.rule(
+                "prerouting",
+                Some("known MAC with another address: spoofing"),
                 vec![
                     iif(ifs),
                     vmap(
                         field("ether", "saddr"),
                         devices
                             .iter()
-                            .map(|d| (s(d.mac.to_string()), src_chain(&d.id)))
+                            .map(|d| (s(d.mac.to_string()), drop_chain(&d.id)))
                             .collect(),
                     ),
                 ],
@@ -536,17 +543,13 @@ pub(crate) fn ruleset(plan: &Plan) -> Nftables<'static> {
 }
 
 fn drop_rules(b: &mut Batch, chain: &str, counter_name: &str, who: &str, verdict: &S) {
-    b.rule(
-        chain,
-        None,
-        vec![Statement::Counter(Counter::Named(Cow::Owned(
-            counter_name.to_owned(),
-        )))],
-    );
+    // The counter comes before the limit, so it sees every packet; the limit
+    // only thins the log.
     b.rule(
         chain,
         None,
         vec![
+            Statement::Counter(Counter::Named(Cow::Owned(counter_name.to_owned()))),
             Statement::Limit(Limit {
                 rate: LOG_PER_MINUTE,
                 rate_unit: None,
