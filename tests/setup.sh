@@ -8,6 +8,12 @@ packages=(
   iproute2
   iputils-ping
   netcat-openbsd
+  dcmtk
+  socat
+  stunnel4
+  openssl
+  tcpdump
+  python3-pip
 )
 
 missing=()
@@ -20,4 +26,13 @@ if ((${#missing[@]})); then
   apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"
 else
   echo "==> system packages present: ${packages[*]}"
+fi
+
+# The hl7 package's mllp_send and MLLP server are the HL7 peers in the tests.
+if ! python3 -c 'import hl7.mllp' 2>/dev/null || ! command -v mllp_send >/dev/null; then
+  echo "==> installing the Python hl7 package"
+  python3 -m pip install --quiet hl7 || python3 -m pip install --quiet --break-system-packages hl7
+  command -v pyenv >/dev/null && pyenv rehash || true
+else
+  echo "==> python hl7 package present"
 fi

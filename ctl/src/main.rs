@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
 mod policy;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     /// Check, compile and compare site policy files (no daemon needed).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the site CA: init, issue, revoke, crl, show (offline).
+    Ca(ca::CaArgs),
 }
 
 /// Process exit codes, from sysexits.h where one fits.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(cmd) => policy::run(cmd, cli.json),
+        Command::Ca(args) => ca::run(args, cli.json),
     };
     let code = match result {
         Ok(code) => code,

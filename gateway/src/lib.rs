@@ -1,17 +1,34 @@
-//! `ward-gateway`: the I/O side of a Ward gateway.
+//! `ward-gateway`: the Ward gateway daemon, `wardd`.
 //!
-//! Today it holds the nftables apply step; the `wardd` daemon (tunnels,
-//! listeners, admin API, reload) grows here next.
+//! A gateway runs its part of the compiled site policy: listeners towards
+//! devices and clients, mutual-TLS tunnels to peer gateways over TCP or QUIC
+//! (`ward/1`), authorization of every connection at both ends against its own
+//! plan, and the nftables ruleset.
 //!
 //! # Layout
-//! - [`nft`]: apply a compiled ruleset with one `nft -j -f -` transaction,
-//!   read the table back, read counters.
+//! - [`config`]: figment layers into a validated [`config::Config`].
+//! - [`daemon`]: start (validate before binding), reload, TLS file watch, shutdown.
+//! - [`server`]: the listener kinds and the tunnel server; [`quic`]: the QUIC transport.
+//! - [`proto`]: the `ward/1` open frame; [`relay`]: both-way copy with half-close,
+//!   idle timeout and counters; [`registry`]: live connections and limits.
+//! - [`tls`]: certificates, CRL and rustls configs; [`nft`]: ruleset apply.
+//! - [`telemetry`]: logging setup.
 //!
 //! # What this crate does not do
 //! It does not decide policy: every decision comes from `ward-policy`'s pure
-//! compile and authorization functions.
+//! compile and authorization functions. It never logs payload bytes or key
+//! material.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod daemon;
 pub mod nft;
+pub mod proto;
+pub mod quic;
+pub mod registry;
+pub mod relay;
+pub mod server;
+pub mod telemetry;
+pub mod tls;

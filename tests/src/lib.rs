@@ -5,6 +5,9 @@
 //! - [`netns`]: network namespaces that clean up after themselves, and the
 //!   skip-or-fail rule for tests that need root.
 //! - [`synthetic`]: generated site policies of any size, for benchmarks.
+//! - [`harness`]: temp dirs, the test CA, real `wardd` processes.
+//! - [`peers`]: dcmtk, the `hl7` package's MLLP tools, an echo server.
+//! - [`site`]: a two-gateway site on loopback.
 //!
 //! # What this crate does not do
 //! It is not shipped: `publish = false`, and nothing in `wardd` depends on it.
@@ -12,5 +15,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod harness;
 pub mod netns;
+pub mod peers;
+pub mod site;
 pub mod synthetic;

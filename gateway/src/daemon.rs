@@ -1,0 +1,205 @@
+//! `wardd`'s lifecycle: validate everything before binding a port, apply the
+//! ruleset, serve, reload on SIGHUP or when TLS files change, drain on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use ward_policy::{Plan, Severity, ValidateOptions};
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::nft::Nft;
+use crate::server::{Clock, Gateway, Shared};
+use crate::tls::{TlsError, TlsMaterial};
+
+/// Why `wardd` could not start; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration (exit 78).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Bad TLS material (exit 78).
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    /// Bad policy (exit 65): every diagnostic.
+    #[error("invalid policy:\n  {}", .0.join("\n  "))]
+    Policy(Vec<String>),
+    /// Anything else (exit 1).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// Process exit code, per STYLE §8.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Tls(_) => 78,
+            StartError::Policy(_) => 65,
+            StartError::Other(_) => 1,
+        }
+    }
+}
+
+/// Read, validate and compile the policy for `config.gateway`.
+pub fn load_plan(config: &Config) -> Result<Plan, StartError> {
+    let text = std::fs::read_to_string(&config.policy).map_err(|e| {
+        StartError::Config(ConfigError(vec![format!("policy: {}: {e}", config.policy.display())]))
+    })?;
+    let name = config.policy.display().to_string();
+    let (policy, warnings) = ward_policy::load(&name, &text, &ValidateOptions { today: Some(today()) })
+        .map_err(|d| StartError::Policy(d.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect()))?;
+    for w in warnings {
+        warn!(diagnostic = %w, "policy warning");
+    }
+    ward_policy::compile(&policy, &config.gateway).map_err(|e| StartError::Config(ConfigError(vec![format!("gateway: {e} ({name})")])))
+}
+
+fn today() -> ward_policy::model::Date {
+    let now = time::OffsetDateTime::now_utc();
+    ward_policy::model::Date {
+        year: now.year() as u16,
+        month: u8::from(now.month()),
+        day: now.day(),
+    }
+}
+
+/// Everything `wardd check` verifies, without binding or applying anything.
+pub fn check(config_file: Option<&Path>, overrides: &Overrides) -> Result<(Config, Plan), StartError> {
+    let config = Config::load(config_file, overrides)?;
+    let plan = load_plan(&config)?;
+    TlsMaterial::load(&config.tls, &plan.identity)?;
+    Ok((config, plan))
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(), StartError> {
+    let config = Config::load(config_file.as_deref(), &overrides)?;
+    let plan = Arc::new(load_plan(&config)?);
+    let tls = Arc::new(TlsMaterial::load(&config.tls, &plan.identity)?);
+    let nft = Nft::default();
+    if config.apply_nft {
+        let applied = nft
+            .apply_json(&plan.to_nft_json())
+            .map_err(|e| StartError::Other(format!("applying the ruleset: {e}")))?;
+        info!(elapsed_ms = applied.elapsed.as_millis() as u64, "ruleset applied: table inet ward");
+    } else {
+        warn!("nft.apply = false: the ruleset is not applied (testing only); devices are not isolated");
+    }
+    let clock = config.fake_now.map_or(Clock::System, Clock::Fixed);
+    let gateway = Gateway::bind(plan.clone(), tls.clone(), config.limits, clock, config.quic_bind)
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let addrs: Vec<String> = gateway
+        .local_addrs()
+        .iter()
+        .map(|(what, a)| format!("{what}={a}"))
+        .collect();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        gateway = %plan.gateway,
+        identity = %plan.identity,
+        mode = %plan.mode,
+        listen = %addrs.join(" "),
+        "wardd ready"
+    );
+    let shared = gateway.shared();
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(gateway.run(shutdown.clone()));
+    spawn_tls_watch(shared.clone(), config.clone(), shutdown.clone());
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                let span = tracing::info_span!("reload", trigger = "SIGHUP");
+                let _e = span.enter();
+                match reload(&shared, config_file.as_deref(), &overrides, &nft) {
+                    Ok(()) => {}
+                    Err(e) => error!(error = %e, "reload rejected; the running policy, ruleset and certificates stay"),
+                }
+            }
+        }
+    }
+    shutdown.cancel();
+    let _ = serving.await;
+    info!("wardd stopped; the ruleset stays in place (fail closed)");
+    Ok(())
+}
+
+/// Load configuration, policy and TLS off to the side; only when everything
+/// is valid (and the ruleset applied) swap them in.
+pub fn reload(shared: &Shared, config_file: Option<&Path>, overrides: &Overrides, nft: &Nft) -> Result<(), StartError> {
+    let config = Config::load(config_file, overrides)?;
+    let plan = load_plan(&config)?;
+    let tls = TlsMaterial::load(&config.tls, &plan.identity)?;
+    let old = shared.plan();
+    if old.listeners != plan.listeners || old.tunnel_server != plan.tunnel_server {
+        return Err(StartError::Other(
+            "the new policy changes this gateway's listening addresses; restart wardd to apply it".into(),
+        ));
+    }
+    if config.apply_nft {
+        nft.apply_json(&plan.to_nft_json())
+            .map_err(|e| StartError::Other(format!("applying the ruleset: {e}")))?;
+    }
+    let plan = Arc::new(plan);
+    shared.set_plan(plan.clone());
+    shared.set_tls(Arc::new(tls));
+    let revoked = shared.close_revoked();
+    // Tunnels the new policy no longer allows are closed.
+    let gone = shared.registry.cancel_where(|l| {
+        !(plan.outbound.contains_key(&l.flow) || plan.tunnels.contains_key(&l.flow) || plan.access.iter().any(|a| a.flow == l.flow))
+    });
+    for l in &gone {
+        warn!(flow = %l.flow, src = %l.source, "closing connection: flow no longer in the policy");
+    }
+    info!(closed_revoked = revoked, closed_removed = gone.len(), "reload applied");
+    Ok(())
+}
+
+fn mtimes(config: &Config) -> Vec<Option<SystemTime>> {
+    let mut paths = vec![&config.tls.ca, &config.tls.cert, &config.tls.key];
+    if let Some(c) = &config.tls.crl {
+        paths.push(c);
+    }
+    paths
+        .into_iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Reload certificates and CRL when their files change, without dropping
+/// tunnels (except those of a peer the new CRL revokes).
+fn spawn_tls_watch(shared: Arc<Shared>, config: Config, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut seen = mtimes(&config);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(config.tls_watch) => {}
+            }
+            let now = mtimes(&config);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let identity = shared.plan().identity.clone();
+            match TlsMaterial::load(&config.tls, &identity) {
+                Ok(tls) => {
+                    let revoked = tls.revoked.len();
+                    shared.set_tls(Arc::new(tls));
+                    let closed = shared.close_revoked();
+                    info!(crl_entries = revoked, closed, "tls files changed: certificates and CRL reloaded");
+                }
+                Err(e) => error!(error = %e, "tls files changed but do not load; keeping the previous ones"),
+            }
+        }
+    });
+}

@@ -1,0 +1,168 @@
+//! QUIC transport: one connection per peer gateway, one bidirectional stream
+//! per flow, so many flows share one handshake. A lost connection is
+//! re-established on the next flow.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use tracing::{debug, info};
+
+use crate::tls::TlsMaterial;
+
+/// Streams (flows) one peer may have open at once over one connection.
+pub const MAX_STREAMS: u32 = 4096;
+/// Keep-alive between gateways, well inside the idle timeout.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+const IDLE: Duration = Duration::from_secs(60);
+
+fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(IDLE.try_into().expect("60 s fits a QUIC idle timeout")));
+    Arc::new(t)
+}
+
+fn server_config(tls: &TlsMaterial) -> std::io::Result<quinn::ServerConfig> {
+    let crypto = QuicServerConfig::try_from(tls.tunnel_server.clone())
+        .map_err(|e| std::io::Error::other(format!("quic server tls config: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// A QUIC endpoint serving the tunnel server on `addr` (UDP).
+pub fn server_endpoint(addr: SocketAddr, tls: &TlsMaterial) -> std::io::Result<Endpoint> {
+    Endpoint::server(server_config(tls)?, addr)
+}
+
+/// Install new TLS material on a serving endpoint.
+pub fn reload_server(endpoint: &Endpoint, tls: &TlsMaterial) -> std::io::Result<()> {
+    endpoint.set_server_config(Some(server_config(tls)?));
+    Ok(())
+}
+
+struct Peer {
+    conn: Connection,
+    serial: Option<String>,
+}
+
+/// Outgoing QUIC connections, one per peer gateway identity.
+pub struct QuicPool {
+    bind: SocketAddr,
+    endpoint: Mutex<Option<Endpoint>>,
+    tls: Mutex<Arc<TlsMaterial>>,
+    peers: tokio::sync::Mutex<HashMap<String, Peer>>,
+}
+
+impl QuicPool {
+    /// A pool whose client endpoint binds `bind` on first use.
+    pub fn new(bind: SocketAddr, tls: Arc<TlsMaterial>) -> Self {
+        QuicPool {
+            bind,
+            endpoint: Mutex::new(None),
+            tls: Mutex::new(tls),
+            peers: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, String> {
+        let mut ep = self.endpoint.lock().expect("quic endpoint lock poisoned");
+        if let Some(e) = &*ep {
+            return Ok(e.clone());
+        }
+        let e = Endpoint::client(self.bind)
+            .or_else(|_| Endpoint::client(SocketAddr::new(crate::server::ANY_V4, 0)))
+            .map_err(|e| format!("cannot bind a quic client endpoint: {e}"))?;
+        *ep = Some(e.clone());
+        Ok(e)
+    }
+
+    /// Open a stream to the peer gateway `identity` at `addr`, connecting (or
+    /// reconnecting) first when needed.
+    pub async fn open_stream(
+        &self,
+        name: &str,
+        identity: &str,
+        addr: SocketAddr,
+        handshake: Duration,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        // Held across the connect so concurrent flows to one peer share one handshake.
+        let mut peers = self.peers.lock().await;
+        if let Some(p) = peers.get(identity) {
+            if p.conn.close_reason().is_none() {
+                let conn = p.conn.clone();
+                drop(peers);
+                return conn.open_bi().await.map_err(|e| e.to_string());
+            }
+            info!(peer = identity, "quic connection lost; reconnecting");
+            peers.remove(identity);
+        }
+        let tls = self.tls.lock().expect("quic tls lock poisoned").clone();
+        let crypto = tls.peer_client(identity).map_err(|e| e.to_string())?;
+        let crypto = QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport());
+        let endpoint = self.endpoint()?;
+        let server_name = if name.is_empty() { "ward-peer" } else { name };
+        let connecting = endpoint
+            .connect_with(config, addr, server_name)
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let conn = tokio::time::timeout(handshake, connecting)
+            .await
+            .map_err(|_| format!("quic handshake with {addr} timed out"))?
+            .map_err(|e| format!("quic handshake with {addr} failed: {e}"))?;
+        let serial = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().and_then(|c| ward_pki::inspect(c)))
+            .map(|i| i.serial);
+        debug!(peer = identity, %addr, "quic connection up");
+        peers.insert(
+            identity.to_owned(),
+            Peer {
+                conn: conn.clone(),
+                serial,
+            },
+        );
+        drop(peers);
+        conn.open_bi().await.map_err(|e| e.to_string())
+    }
+
+    /// New TLS material: existing connections finish their streams; new
+    /// flows reconnect with the new material.
+    pub fn reset(&self, tls: Arc<TlsMaterial>) {
+        *self.tls.lock().expect("quic tls lock poisoned") = tls;
+        if let Ok(mut peers) = self.peers.try_lock() {
+            peers.clear();
+        }
+    }
+
+    /// Close connections to peers whose certificate is now revoked.
+    pub fn close_revoked(&self, tls: &TlsMaterial) {
+        if let Ok(mut peers) = self.peers.try_lock() {
+            peers.retain(|id, p| {
+                let revoked = p.serial.as_deref().is_some_and(|s| tls.is_revoked(s));
+                if revoked {
+                    info!(peer = id.as_str(), "closing quic connection: peer certificate revoked");
+                    p.conn.close(2u32.into(), b"revoked");
+                }
+                !revoked
+            });
+        }
+    }
+
+    /// Close every connection and wait briefly for the peers to see it.
+    pub async fn shutdown(&self) {
+        let ep = self.endpoint.lock().expect("quic endpoint lock poisoned").clone();
+        if let Some(ep) = ep {
+            ep.close(0u32.into(), b"shutdown");
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+    }
+}

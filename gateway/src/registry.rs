@@ -1,0 +1,200 @@
+//! Live connections and per-flow statistics: what the admin API lists, what
+//! reload and revocation close, and where the connection limits are kept.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::{Counters, Totals};
+
+/// Which listener kind a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    /// Device → this gateway → tunnel or TLS server.
+    Outbound,
+    /// Peer gateway's tunnel → this gateway → local target.
+    Tunnel,
+    /// TLS client → this gateway → device.
+    Access,
+}
+
+impl Leg {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leg::Outbound => "outbound",
+            Leg::Tunnel => "tunnel",
+            Leg::Access => "access",
+        }
+    }
+}
+
+/// Counters of one flow, over all its connections.
+#[derive(Debug, Default)]
+pub struct FlowStats {
+    /// Connections accepted.
+    pub opened: AtomicU64,
+    /// Connections refused.
+    pub denied: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Bytes, both directions.
+    pub bytes: Arc<Totals>,
+}
+
+/// One live connection.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Flow name.
+    pub flow: String,
+    /// Listener kind.
+    pub leg: Leg,
+    /// Peer identity (gateway or client), when the leg has one.
+    pub peer: Option<String>,
+    /// Serial of the peer's certificate.
+    pub peer_serial: Option<String>,
+    /// Source address (device, client or peer gateway).
+    pub source: SocketAddr,
+    /// When it opened.
+    pub started: SystemTime,
+    /// Bytes so far.
+    pub counters: Arc<Counters>,
+    /// Cancels this connection.
+    pub cancel: CancellationToken,
+}
+
+/// All live connections and flow statistics of a gateway.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Live>>,
+    flows: Mutex<HashMap<String, Arc<FlowStats>>>,
+    sources: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// Removes its connection from the registry when dropped.
+#[derive(Debug)]
+pub struct LiveGuard {
+    registry: Arc<Registry>,
+    id: u64,
+    stats: Arc<FlowStats>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.registry
+            .live
+            .lock()
+            .expect("registry lock poisoned")
+            .remove(&self.id);
+    }
+}
+
+/// Holds one connection slot of a source address.
+#[derive(Debug)]
+pub struct SourceGuard {
+    registry: Arc<Registry>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut s = self.registry.sources.lock().expect("registry lock poisoned");
+        if let Some(n) = s.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Statistics of `flow`, created on first use.
+    pub fn flow(&self, flow: &str) -> Arc<FlowStats> {
+        self.flows
+            .lock()
+            .expect("registry lock poisoned")
+            .entry(flow.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Take a connection slot of `ip`, if fewer than `max` are in use.
+    pub fn acquire_source(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<SourceGuard> {
+        let mut s = self.sources.lock().expect("registry lock poisoned");
+        let n = s.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard {
+            registry: self.clone(),
+            ip,
+        })
+    }
+
+    /// Register a connection of `flow` if the flow has fewer than `max` open.
+    pub fn open(self: &Arc<Self>, live: Live, max: u32) -> Option<LiveGuard> {
+        let stats = self.flow(&live.flow);
+        let prev = stats.active.fetch_add(1, Ordering::Relaxed);
+        if prev >= u64::from(max) {
+            stats.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        stats.opened.fetch_add(1, Ordering::Relaxed);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.live
+            .lock()
+            .expect("registry lock poisoned")
+            .insert(id, live);
+        Some(LiveGuard {
+            registry: self.clone(),
+            id,
+            stats,
+        })
+    }
+
+    /// Count a refused connection of `flow`.
+    pub fn denied(&self, flow: &str) {
+        self.flow(flow).denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cancel every live connection matching `pred`; returns them.
+    pub fn cancel_where(&self, pred: impl Fn(&Live) -> bool) -> Vec<Live> {
+        let live = self.live.lock().expect("registry lock poisoned");
+        let hit: Vec<Live> = live.values().filter(|l| pred(l)).cloned().collect();
+        for l in &hit {
+            l.cancel.cancel();
+        }
+        hit
+    }
+
+    /// A copy of every live connection.
+    pub fn snapshot(&self) -> Vec<Live> {
+        self.live
+            .lock()
+            .expect("registry lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Statistics of every flow seen.
+    pub fn flow_stats(&self) -> Vec<(String, Arc<FlowStats>)> {
+        let mut v: Vec<_> = self
+            .flows
+            .lock()
+            .expect("registry lock poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}

@@ -1,0 +1,215 @@
+//! Real protocol peers nobody here wrote: dcmtk's `storescu`/`storescp`,
+//! `mllp_send` and the MLLP server of the Python `hl7` package, `openssl`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::harness::{TempDir, wait_tcp};
+
+/// A child process killed on drop.
+pub struct Peer {
+    child: Child,
+    name: &'static str,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Peer {
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its name, for messages.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// Make a DICOM Secondary Capture file from a generated `side`×`side` RGB
+/// bitmap with dcmtk's `img2dcm`.
+pub fn make_dicom(dir: &TempDir, side: u32) -> PathBuf {
+    let row = (side * 3 + 3) & !3;
+    let mut pixels = Vec::with_capacity((row * side) as usize);
+    for y in 0..side {
+        for x in 0..side {
+            pixels.extend_from_slice(&[(x * 7) as u8, (y * 3) as u8, ((x ^ y) * 5) as u8]);
+        }
+        pixels.resize(pixels.len() + (row - side * 3) as usize, 0);
+    }
+    let mut bmp = Vec::new();
+    bmp.extend_from_slice(b"BM");
+    bmp.extend_from_slice(&(54 + pixels.len() as u32).to_le_bytes());
+    bmp.extend_from_slice(&[0, 0, 0, 0]);
+    bmp.extend_from_slice(&54u32.to_le_bytes());
+    bmp.extend_from_slice(&40u32.to_le_bytes());
+    bmp.extend_from_slice(&(side as i32).to_le_bytes());
+    bmp.extend_from_slice(&(side as i32).to_le_bytes());
+    bmp.extend_from_slice(&1u16.to_le_bytes());
+    bmp.extend_from_slice(&24u16.to_le_bytes());
+    bmp.extend_from_slice(&0u32.to_le_bytes());
+    bmp.extend_from_slice(&(pixels.len() as u32).to_le_bytes());
+    bmp.extend_from_slice(&[0x13, 0x0b, 0, 0, 0x13, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    bmp.extend_from_slice(&pixels);
+    let bmp_path = dir.join("image.bmp");
+    std::fs::write(&bmp_path, bmp).expect("write bmp");
+    let dcm = dir.join("image.dcm");
+    let out = Command::new("img2dcm")
+        .args(["-i", "BMP"])
+        .arg(&bmp_path)
+        .arg(&dcm)
+        .output()
+        .expect("run img2dcm (install dcmtk)");
+    assert!(out.status.success(), "img2dcm: {}", String::from_utf8_lossy(&out.stderr));
+    dcm
+}
+
+/// The dataset of a DICOM file without its preamble and file meta header,
+/// which a receiving SCP rewrites.
+pub fn dataset(path: &Path) -> Vec<u8> {
+    let data = std::fs::read(path).expect("read dicom file");
+    assert_eq!(&data[128..132], b"DICM", "{} is not a DICOM file", path.display());
+    // (0002,0000) UL group length, explicit VR little endian: tag(4) VR(2) len(2) value(4).
+    let group_len = u32::from_le_bytes(data[140..144].try_into().expect("4 bytes")) as usize;
+    data[144 + group_len..].to_vec()
+}
+
+/// dcmtk `storescp` on `addr`, storing into `out` bit-preserving.
+pub fn storescp(addr: SocketAddr, out: &Path, extra: &[&str]) -> Peer {
+    std::fs::create_dir_all(out).expect("create storescp dir");
+    // storescp binds all interfaces unless told otherwise; dcmtk 3.6.7 has no
+    // bind-address option, so each test gives it its own port.
+    let child = Command::new("storescp")
+        .arg("--output-directory")
+        .arg(out)
+        .arg("--bit-preserving")
+        .args(extra)
+        .arg(addr.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn storescp (install dcmtk)");
+    wait_tcp(SocketAddr::new([127, 0, 0, 1].into(), addr.port()), Duration::from_secs(10));
+    Peer {
+        child,
+        name: "storescp",
+    }
+}
+
+/// dcmtk `storescu` sending `file` to `addr`.
+pub fn storescu(addr: SocketAddr, file: &Path, extra: &[&str]) -> Output {
+    Command::new("storescu")
+        .args(["-aec", "PACS", "-aet", "WARDTEST"])
+        .args(extra)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(file)
+        .output()
+        .expect("run storescu (install dcmtk)")
+}
+
+/// The single file `storescp` stored in `dir`.
+pub fn stored_file(dir: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read storescp dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(files.len(), 1, "expected one stored file in {}, found {files:?}", dir.display());
+    files.into_iter().next().expect("one file")
+}
+
+const MLLP_SERVER: &str = r#"
+import asyncio, sys
+import hl7
+from hl7.mllp import start_hl7_server
+
+async def process(reader, writer):
+    try:
+        while not writer.is_closing():
+            message = await reader.readmessage()
+            writer.writemessage(message.create_ack())
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        if not writer.is_closing():
+            writer.close()
+            await writer.wait_closed()
+
+async def main(host, port):
+    async with await start_hl7_server(process, host, port) as server:
+        await server.serve_forever()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"#;
+
+/// An HL7 MLLP receiver that answers every message with an ACK, built on the
+/// `hl7` package's MLLP server.
+pub fn mllp_server(dir: &TempDir, addr: SocketAddr) -> Peer {
+    let script = dir.join("mllp_server.py");
+    std::fs::write(&script, MLLP_SERVER).expect("write mllp server");
+    let child = Command::new("python3")
+        .arg(&script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python3 mllp server (pip install hl7)");
+    wait_tcp(addr, Duration::from_secs(10));
+    Peer {
+        child,
+        name: "mllp server",
+    }
+}
+
+/// An ADT^A01 message as an infusion pump's interface engine would send.
+pub fn hl7_message(control_id: &str) -> String {
+    [
+        format!("MSH|^~\\&|PUMP|ICU|HIS|ST-MARY|20261126120000||ADT^A01|{control_id}|P|2.5"),
+        "EVN|A01|20261126120000".to_owned(),
+        "PID|1||4711^^^ST-MARY^MR||DOE^JANE||19600101|F".to_owned(),
+        "PV1|1|I|ICU^01^01".to_owned(),
+    ]
+    .join("\r")
+}
+
+/// `mllp_send` (from the `hl7` package) sending `message` to `addr`; its stdout holds the ACK.
+pub fn mllp_send(dir: &TempDir, addr: SocketAddr, message: &str) -> Output {
+    let file = dir.join("message.hl7");
+    // mllp_send reads a stream of MLLP-framed messages: VT message FS CR.
+    let framed = format!("\x0b{message}\x1c\r");
+    std::fs::write(&file, framed).expect("write message");
+    Command::new("mllp_send")
+        .arg("--port")
+        .arg(addr.port().to_string())
+        .arg("--file")
+        .arg(&file)
+        .arg(addr.ip().to_string())
+        .output()
+        .expect("run mllp_send (pip install hl7)")
+}
+
+/// A TCP echo server on a thread, for flows that must stay up.
+pub fn echo_server(addr: SocketAddr) {
+    let listener = TcpListener::bind(addr).expect("bind echo");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
