@@ -20,7 +20,12 @@ pub enum KindArg {
 #[derive(Debug, clap::Args)]
 pub struct CaArgs {
     /// CA directory.
-    #[arg(long, global = true, env = "WARD_PKI_DIR", default_value = "/etc/ward/pki")]
+    #[arg(
+        long,
+        global = true,
+        env = "WARD_PKI_DIR",
+        default_value = "/etc/ward/pki"
+    )]
     dir: PathBuf,
     #[command(subcommand)]
     command: CaCommand,
@@ -64,7 +69,10 @@ pub fn run(args: CaArgs, json: bool) -> anyhow::Result<Exit> {
         CaCommand::Init { trust_domain } => {
             let ca = Ca::init(&dir, &trust_domain)?;
             if json {
-                println!("{}", serde_json::json!({"dir": dir, "trust_domain": ca.trust_domain(), "ca": ca.cert_path(), "crl": ca.crl_path()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"dir": dir, "trust_domain": ca.trust_domain(), "ca": ca.cert_path(), "crl": ca.crl_path()})
+                );
             } else {
                 println!("site CA for {} in {}", ca.trust_domain(), dir.display());
                 println!("  certificate {}", ca.cert_path().display());
@@ -88,7 +96,10 @@ pub fn run(args: CaArgs, json: bool) -> anyhow::Result<Exit> {
                 println!("  key         {} (0600)", issued.key.display());
             }
         }
-        CaCommand::Revoke { serial_or_name, yes } => {
+        CaCommand::Revoke {
+            serial_or_name,
+            yes,
+        } => {
             let mut ca = Ca::open(&dir)?;
             if !yes && !confirm(&format!("revoke {serial_or_name:?} in {}?", dir.display()))? {
                 eprintln!("not revoked");
@@ -101,7 +112,10 @@ pub fn run(args: CaArgs, json: bool) -> anyhow::Result<Exit> {
                 for r in &revoked {
                     println!("revoked {} serial {}", r.identity, r.serial);
                 }
-                println!("CRL written to {}; copy it to the gateways (they reload it)", ca.crl_path().display());
+                println!(
+                    "CRL written to {}; copy it to the gateways (they reload it)",
+                    ca.crl_path().display()
+                );
             }
         }
         CaCommand::Crl => {
@@ -112,15 +126,27 @@ pub fn run(args: CaArgs, json: bool) -> anyhow::Result<Exit> {
         CaCommand::Show => {
             let ca = Ca::open(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "dir": dir, "trust_domain": ca.trust_domain(), "ca": ca.cert_path(), "crl": ca.crl_path(), "issued": ca.issued(),
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "dir": dir, "trust_domain": ca.trust_domain(), "ca": ca.cert_path(), "crl": ca.crl_path(), "issued": ca.issued(),
+                    }))?
+                );
             } else {
                 println!("site CA for {} in {}", ca.trust_domain(), dir.display());
-                println!("{:<48} {:<34} {:<22} status", "identity", "serial", "not after");
+                println!(
+                    "{:<48} {:<34} {:<22} status",
+                    "identity", "serial", "not after"
+                );
                 for i in ca.issued() {
-                    let status = i.revoked.as_ref().map_or("valid".to_owned(), |r| format!("revoked {r}"));
-                    println!("{:<48} {:<34} {:<22} {status}", i.identity, i.serial, i.not_after);
+                    let status = i
+                        .revoked
+                        .as_ref()
+                        .map_or("valid".to_owned(), |r| format!("revoked {r}"));
+                    println!(
+                        "{:<48} {:<34} {:<22} {status}",
+                        i.identity, i.serial, i.not_after
+                    );
                 }
             }
         }
@@ -135,6 +161,9 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     eprint!("{question} [y/N] ");
     std::io::stderr().flush().ok();
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the answer")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the answer")?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }

@@ -13,12 +13,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::tls::TlsPaths;
 
+/// Top-level keys that `WARD_*` environment variables may set.
+const ENV_KEYS: [&str; 8] = [
+    "gateway",
+    "policy",
+    "state_dir",
+    "tls",
+    "limits",
+    "nft",
+    "fake_now",
+    "quic_bind",
+];
+
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/ward/ward.toml";
 
 /// The configuration is unusable; every problem is listed.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+#[error("invalid configuration: {}", .0.join("; "))]
 pub struct ConfigError(pub Vec<String>);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,15 +153,27 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let path = file.unwrap_or(Path::new(DEFAULT_CONFIG));
         if file.is_some() && !path.exists() {
-            return Err(ConfigError(vec![format!("{}: file not found", path.display())]));
+            return Err(ConfigError(vec![format!(
+                "{}: file not found",
+                path.display()
+            )]));
         }
         let figment = Figment::from(Serialized::defaults(Raw::default()))
             .merge(Toml::file(path))
-            .merge(Env::prefixed("WARD_").split("__").ignore(&["log", "log_format", "socket", "pki_dir"]))
+            .merge(
+                // Only the configuration's own keys: WARD_LOG, WARD_SOCKET and
+                // friends belong to other parts of Ward.
+                Env::prefixed("WARD_")
+                    .filter(|k| {
+                        let top = k.as_str().split("__").next().unwrap_or("");
+                        ENV_KEYS.iter().any(|known| top.eq_ignore_ascii_case(known))
+                    })
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides));
-        let raw: Raw = figment.extract().map_err(|e| {
-            ConfigError(e.into_iter().map(|e| e.to_string()).collect())
-        })?;
+        let raw: Raw = figment
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
         let mut errs = Vec::new();
         let source = |key: &str| -> String {
             figment
@@ -162,7 +186,10 @@ impl Config {
         };
         let mut duration = |key: &str, v: &str| -> Duration {
             ward_policy::parse_duration(v).unwrap_or_else(|| {
-                errs.push(format!("{key}: {v:?} is not a duration (e.g. \"10s\"), from {}", source(key)));
+                errs.push(format!(
+                    "{key}: {v:?} is not a duration (e.g. \"10s\"), from {}",
+                    source(key)
+                ));
                 Duration::from_secs(1)
             })
         };
@@ -174,10 +201,16 @@ impl Config {
             String::new()
         });
         if raw.limits.max_handshakes == 0 {
-            errs.push(format!("limits.max_handshakes: must be at least 1, from {}", source("limits.max_handshakes")));
+            errs.push(format!(
+                "limits.max_handshakes: must be at least 1, from {}",
+                source("limits.max_handshakes")
+            ));
         }
         if raw.limits.max_connections_per_source == 0 {
-            errs.push(format!("limits.max_connections_per_source: must be at least 1, from {}", source("limits.max_connections_per_source")));
+            errs.push(format!(
+                "limits.max_connections_per_source: must be at least 1, from {}",
+                source("limits.max_connections_per_source")
+            ));
         }
         let fake_now = raw.fake_now.as_deref().and_then(|s| {
             match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
@@ -191,7 +224,10 @@ impl Config {
         let quic_bind = raw.quic_bind.as_deref().and_then(|s| match s.parse() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                errs.push(format!("quic_bind: {s:?} is not an IP address, from {}", source("quic_bind")));
+                errs.push(format!(
+                    "quic_bind: {s:?} is not an IP address, from {}",
+                    source("quic_bind")
+                ));
                 None
             }
         });

@@ -25,7 +25,7 @@ pub enum StartError {
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
     /// Bad policy (exit 65): every diagnostic.
-    #[error("invalid policy:\n  {}", .0.join("\n  "))]
+    #[error("invalid policy: {}", .0.join("; "))]
     Policy(Vec<String>),
     /// Anything else (exit 1).
     #[error("{0}")]
@@ -46,15 +46,32 @@ impl StartError {
 /// Read, validate and compile the policy for `config.gateway`.
 pub fn load_plan(config: &Config) -> Result<Plan, StartError> {
     let text = std::fs::read_to_string(&config.policy).map_err(|e| {
-        StartError::Config(ConfigError(vec![format!("policy: {}: {e}", config.policy.display())]))
+        StartError::Config(ConfigError(vec![format!(
+            "policy: {}: {e}",
+            config.policy.display()
+        )]))
     })?;
     let name = config.policy.display().to_string();
-    let (policy, warnings) = ward_policy::load(&name, &text, &ValidateOptions { today: Some(today()) })
-        .map_err(|d| StartError::Policy(d.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect()))?;
+    let (policy, warnings) = ward_policy::load(
+        &name,
+        &text,
+        &ValidateOptions {
+            today: Some(today()),
+        },
+    )
+    .map_err(|d| {
+        StartError::Policy(
+            d.iter()
+                .filter(|d| d.severity == Severity::Error)
+                .map(|d| d.to_string())
+                .collect(),
+        )
+    })?;
     for w in warnings {
         warn!(diagnostic = %w, "policy warning");
     }
-    ward_policy::compile(&policy, &config.gateway).map_err(|e| StartError::Config(ConfigError(vec![format!("gateway: {e} ({name})")])))
+    ward_policy::compile(&policy, &config.gateway)
+        .map_err(|e| StartError::Config(ConfigError(vec![format!("gateway: {e} ({name})")])))
 }
 
 fn today() -> ward_policy::model::Date {
@@ -67,7 +84,10 @@ fn today() -> ward_policy::model::Date {
 }
 
 /// Everything `wardd check` verifies, without binding or applying anything.
-pub fn check(config_file: Option<&Path>, overrides: &Overrides) -> Result<(Config, Plan), StartError> {
+pub fn check(
+    config_file: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<(Config, Plan), StartError> {
     let config = Config::load(config_file, overrides)?;
     let plan = load_plan(&config)?;
     TlsMaterial::load(&config.tls, &plan.identity)?;
@@ -84,14 +104,25 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         let applied = nft
             .apply_json(&plan.to_nft_json())
             .map_err(|e| StartError::Other(format!("applying the ruleset: {e}")))?;
-        info!(elapsed_ms = applied.elapsed.as_millis() as u64, "ruleset applied: table inet ward");
+        info!(
+            elapsed_ms = applied.elapsed.as_millis() as u64,
+            "ruleset applied: table inet ward"
+        );
     } else {
-        warn!("nft.apply = false: the ruleset is not applied (testing only); devices are not isolated");
+        warn!(
+            "nft.apply = false: the ruleset is not applied (testing only); devices are not isolated"
+        );
     }
     let clock = config.fake_now.map_or(Clock::System, Clock::Fixed);
-    let gateway = Gateway::bind(plan.clone(), tls.clone(), config.limits, clock, config.quic_bind)
-        .await
-        .map_err(|e| StartError::Other(e.to_string()))?;
+    let gateway = Gateway::bind(
+        plan.clone(),
+        tls.clone(),
+        config.limits,
+        clock,
+        config.quic_bind,
+    )
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))?;
     let addrs: Vec<String> = gateway
         .local_addrs()
         .iter()
@@ -135,14 +166,20 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
 
 /// Load configuration, policy and TLS off to the side; only when everything
 /// is valid (and the ruleset applied) swap them in.
-pub fn reload(shared: &Shared, config_file: Option<&Path>, overrides: &Overrides, nft: &Nft) -> Result<(), StartError> {
+pub fn reload(
+    shared: &Shared,
+    config_file: Option<&Path>,
+    overrides: &Overrides,
+    nft: &Nft,
+) -> Result<(), StartError> {
     let config = Config::load(config_file, overrides)?;
     let plan = load_plan(&config)?;
     let tls = TlsMaterial::load(&config.tls, &plan.identity)?;
     let old = shared.plan();
     if old.listeners != plan.listeners || old.tunnel_server != plan.tunnel_server {
         return Err(StartError::Other(
-            "the new policy changes this gateway's listening addresses; restart wardd to apply it".into(),
+            "the new policy changes this gateway's listening addresses; restart wardd to apply it"
+                .into(),
         ));
     }
     if config.apply_nft {
@@ -155,12 +192,18 @@ pub fn reload(shared: &Shared, config_file: Option<&Path>, overrides: &Overrides
     let revoked = shared.close_revoked();
     // Tunnels the new policy no longer allows are closed.
     let gone = shared.registry.cancel_where(|l| {
-        !(plan.outbound.contains_key(&l.flow) || plan.tunnels.contains_key(&l.flow) || plan.access.iter().any(|a| a.flow == l.flow))
+        !(plan.outbound.contains_key(&l.flow)
+            || plan.tunnels.contains_key(&l.flow)
+            || plan.access.iter().any(|a| a.flow == l.flow))
     });
     for l in &gone {
         warn!(flow = %l.flow, src = %l.source, "closing connection: flow no longer in the policy");
     }
-    info!(closed_revoked = revoked, closed_removed = gone.len(), "reload applied");
+    info!(
+        closed_revoked = revoked,
+        closed_removed = gone.len(),
+        "reload applied"
+    );
     Ok(())
 }
 
@@ -196,9 +239,14 @@ fn spawn_tls_watch(shared: Arc<Shared>, config: Config, shutdown: CancellationTo
                     let revoked = tls.revoked.len();
                     shared.set_tls(Arc::new(tls));
                     let closed = shared.close_revoked();
-                    info!(crl_entries = revoked, closed, "tls files changed: certificates and CRL reloaded");
+                    info!(
+                        crl_entries = revoked,
+                        closed, "tls files changed: certificates and CRL reloaded"
+                    );
                 }
-                Err(e) => error!(error = %e, "tls files changed but do not load; keeping the previous ones"),
+                Err(e) => {
+                    error!(error = %e, "tls files changed but do not load; keeping the previous ones")
+                }
             }
         }
     });

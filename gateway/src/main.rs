@@ -43,25 +43,31 @@ fn main() -> ExitCode {
         policy: args.policy,
     };
     match args.command {
-        Some(Command::Check) => match ward_gateway::daemon::check(args.config.as_deref(), &overrides) {
-            Ok((config, plan)) => {
-                println!(
-                    "ok: gateway {} ({}), policy {}, {} listeners, tunnel server {}",
-                    plan.gateway,
-                    plan.identity,
-                    config.policy.display(),
-                    plan.listeners.len(),
-                    plan.tunnel_server.map_or("none".to_owned(), |a| a.to_string())
-                );
-                ExitCode::SUCCESS
+        Some(Command::Check) => {
+            match ward_gateway::daemon::check(args.config.as_deref(), &overrides) {
+                Ok((config, plan)) => {
+                    println!(
+                        "ok: gateway {} ({}), policy {}, {} listeners, tunnel server {}",
+                        plan.gateway,
+                        plan.identity,
+                        config.policy.display(),
+                        plan.listeners.len(),
+                        plan.tunnel_server
+                            .map_or("none".to_owned(), |a| a.to_string())
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wardd: {e}");
+                    ExitCode::from(e.exit_code())
+                }
             }
-            Err(e) => {
-                eprintln!("wardd: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        },
+        }
         None => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("wardd: cannot start the runtime: {e}");

@@ -152,8 +152,12 @@ impl Open {
         let flow = c.name()?;
         let device = c.name()?;
         let ip = match c.u8()? {
-            4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(c.take(4)?).expect("took 4"))),
-            6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(c.take(16)?).expect("took 16"))),
+            4 => IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(c.take(4)?).expect("took 4"),
+            )),
+            6 => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(c.take(16)?).expect("took 16"),
+            )),
             f => return Err(FrameError::Family(f)),
         };
         let port = u16::from_be_bytes(<[u8; 2]>::try_from(c.take(2)?).expect("took 2"));
@@ -258,7 +262,11 @@ mod tests {
     fn truncated() {
         let f = open().encode();
         for n in 0..f.len() - 2 {
-            assert_eq!(Open::decode(&f[2..2 + n]), Err(FrameError::Truncated), "prefix {n}");
+            assert_eq!(
+                Open::decode(&f[2..2 + n]),
+                Err(FrameError::Truncated),
+                "prefix {n}"
+            );
         }
     }
 
@@ -272,7 +280,10 @@ mod tests {
         let mut t = body.clone();
         t[1] = 9;
         assert_eq!(Open::decode(&t), Err(FrameError::Type(9)));
-        assert_eq!(Open::decode(&Answer::Accept.encode()[2..]), Err(FrameError::Type(2)));
+        assert_eq!(
+            Open::decode(&Answer::Accept.encode()[2..]),
+            Err(FrameError::Type(2))
+        );
         let mut empty = vec![1, 1, 0];
         empty.extend_from_slice(&body[3..]);
         assert_eq!(Open::decode(&empty), Err(FrameError::Name));

@@ -24,7 +24,9 @@ fn transport() -> Arc<TransportConfig> {
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(IDLE.try_into().expect("60 s fits a QUIC idle timeout")));
+    t.max_idle_timeout(Some(
+        IDLE.try_into().expect("60 s fits a QUIC idle timeout"),
+    ));
     Arc::new(t)
 }
 
@@ -119,7 +121,10 @@ impl QuicPool {
             .map_err(|e| format!("quic handshake with {addr} failed: {e}"))?;
         let serial = conn
             .peer_identity()
-            .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
             .and_then(|certs| certs.first().and_then(|c| ward_pki::inspect(c)))
             .map(|i| i.serial);
         debug!(peer = identity, %addr, "quic connection up");
@@ -149,7 +154,10 @@ impl QuicPool {
             peers.retain(|id, p| {
                 let revoked = p.serial.as_deref().is_some_and(|s| tls.is_revoked(s));
                 if revoked {
-                    info!(peer = id.as_str(), "closing quic connection: peer certificate revoked");
+                    info!(
+                        peer = id.as_str(),
+                        "closing quic connection: peer certificate revoked"
+                    );
                     p.conn.close(2u32.into(), b"revoked");
                 }
                 !revoked
@@ -159,7 +167,11 @@ impl QuicPool {
 
     /// Close every connection and wait briefly for the peers to see it.
     pub async fn shutdown(&self) {
-        let ep = self.endpoint.lock().expect("quic endpoint lock poisoned").clone();
+        let ep = self
+            .endpoint
+            .lock()
+            .expect("quic endpoint lock poisoned")
+            .clone();
         if let Some(ep) = ep {
             ep.close(0u32.into(), b"shutdown");
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;

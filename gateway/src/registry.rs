@@ -104,7 +104,11 @@ pub struct SourceGuard {
 
 impl Drop for SourceGuard {
     fn drop(&mut self) {
-        let mut s = self.registry.sources.lock().expect("registry lock poisoned");
+        let mut s = self
+            .registry
+            .sources
+            .lock()
+            .expect("registry lock poisoned");
         if let Some(n) = s.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

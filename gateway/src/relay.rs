@@ -161,7 +161,9 @@ mod tests {
         dw.write_all(&[7u8; 1000]).await.expect("write");
         dw.shutdown().await.expect("half-close");
         let mut got = Vec::new();
-        sr.read_to_end(&mut got).await.expect("server sees EOF after the bytes");
+        sr.read_to_end(&mut got)
+            .await
+            .expect("server sees EOF after the bytes");
         assert_eq!(got, vec![7u8; 1000]);
         // The other direction still works after the half-close.
         sw.write_all(b"ACK").await.expect("write back");

@@ -110,9 +110,9 @@ impl Shared {
     /// Close live connections whose peer certificate the loaded CRL revokes.
     pub fn close_revoked(&self) -> usize {
         let tls = self.tls();
-        let cut = self.registry.cancel_where(|l| {
-            l.peer_serial.as_deref().is_some_and(|s| tls.is_revoked(s))
-        });
+        let cut = self
+            .registry
+            .cancel_where(|l| l.peer_serial.as_deref().is_some_and(|s| tls.is_revoked(s)));
         for l in &cut {
             warn!(flow = %l.flow, peer = l.peer.as_deref().unwrap_or(""), src = %l.source, "closing tunnel: peer certificate revoked");
         }
@@ -146,11 +146,13 @@ impl Gateway {
                 ListenerKind::Plain => "device listener",
                 ListenerKind::Tls => "tls client listener",
             };
-            let listener = TcpListener::bind(l.addr).await.map_err(|source| BindError {
-                addr: l.addr,
-                what,
-                source,
-            })?;
+            let listener = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| BindError {
+                    addr: l.addr,
+                    what,
+                    source,
+                })?;
             match l.kind {
                 ListenerKind::Plain => plain.push(listener),
                 ListenerKind::Tls => access.push(listener),
@@ -226,17 +228,41 @@ impl Gateway {
         // Connections watch their own token, cancelled only after the drain period.
         let conns = CancellationToken::new();
         for l in self.plain {
-            spawn_plain_listener(&tracker, l, self.shared.clone(), shutdown.clone(), conns.clone());
+            spawn_plain_listener(
+                &tracker,
+                l,
+                self.shared.clone(),
+                shutdown.clone(),
+                conns.clone(),
+            );
         }
         for l in self.access {
-            spawn_access_listener(&tracker, l, self.shared.clone(), shutdown.clone(), conns.clone());
+            spawn_access_listener(
+                &tracker,
+                l,
+                self.shared.clone(),
+                shutdown.clone(),
+                conns.clone(),
+            );
         }
         if let Some(l) = self.tunnel_tcp {
-            spawn_tunnel_tcp_listener(&tracker, l, self.shared.clone(), shutdown.clone(), conns.clone());
+            spawn_tunnel_tcp_listener(
+                &tracker,
+                l,
+                self.shared.clone(),
+                shutdown.clone(),
+                conns.clone(),
+            );
         }
         let quic_server = self.tunnel_quic.clone();
         if let Some(ep) = self.tunnel_quic {
-            spawn_tunnel_quic_listener(&tracker, ep, self.shared.clone(), shutdown.clone(), conns.clone());
+            spawn_tunnel_quic_listener(
+                &tracker,
+                ep,
+                self.shared.clone(),
+                shutdown.clone(),
+                conns.clone(),
+            );
         }
         shutdown.cancelled().await;
         tracker.close();
@@ -244,7 +270,10 @@ impl Gateway {
         if open > 0 {
             info!(open, drain = ?self.shared.limits.drain_timeout, "shutdown: draining open connections");
         }
-        if timeout(self.shared.limits.drain_timeout, tracker.wait()).await.is_err() {
+        if timeout(self.shared.limits.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
             let cut = self.shared.registry.snapshot();
             warn!(cut = cut.len(), flows = ?cut.iter().map(|l| l.flow.as_str()).collect::<Vec<_>>(), "shutdown: drain period over, closing the remaining connections");
             conns.cancel();
@@ -319,7 +348,10 @@ async fn handle_plain(
             .acquire_source(src.ip(), shared.limits.max_connections_per_source)
         else {
             shared.registry.denied(&flow.name);
-            warn!(reason = "too many connections from this source", "device connection refused");
+            warn!(
+                reason = "too many connections from this source",
+                "device connection refused"
+            );
             return;
         };
         let _ = stream.set_nodelay(true);
@@ -340,7 +372,11 @@ async fn handle_plain(
         };
         let Some(_guard) = shared.registry.open(live, flow.max_connections) else {
             shared.registry.denied(&flow.name);
-            warn!(reason = "flow connection limit reached", limit = flow.max_connections, "device connection refused");
+            warn!(
+                reason = "flow connection limit reached",
+                limit = flow.max_connections,
+                "device connection refused"
+            );
             return;
         };
         let totals = shared.registry.flow(&flow.name).bytes.clone();
@@ -348,15 +384,39 @@ async fn handle_plain(
         let end = match connect_far(&flow, src, &shared).await {
             Ok(Far::Tls(s)) => {
                 debug!("far end connected");
-                relay::relay(device, tokio::io::split(s), flow.idle_timeout, counters, totals, cancel).await
+                relay::relay(
+                    device,
+                    tokio::io::split(s),
+                    flow.idle_timeout,
+                    counters,
+                    totals,
+                    cancel,
+                )
+                .await
             }
             Ok(Far::Quic(send, recv)) => {
                 debug!("far end connected");
-                relay::relay(device, (recv, send), flow.idle_timeout, counters, totals, cancel).await
+                relay::relay(
+                    device,
+                    (recv, send),
+                    flow.idle_timeout,
+                    counters,
+                    totals,
+                    cancel,
+                )
+                .await
             }
             Ok(Far::Native(s)) => {
                 debug!("far end connected");
-                relay::relay(device, tokio::io::split(s), flow.idle_timeout, counters, totals, cancel).await
+                relay::relay(
+                    device,
+                    tokio::io::split(s),
+                    flow.idle_timeout,
+                    counters,
+                    totals,
+                    cancel,
+                )
+                .await
             }
             Err(e) => {
                 shared.registry.denied(&flow.name);
@@ -389,11 +449,17 @@ enum Far {
 #[derive(Debug, thiserror::Error)]
 enum FarError {
     #[error("connect to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
     #[error("tls handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: std::io::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("tls handshake with {0} timed out")]
     HandshakeTimeout(SocketAddr),
     #[error("tls configuration: {0}")]
@@ -424,7 +490,13 @@ async fn tcp_connect(addr: SocketAddr, within: Duration) -> Result<TcpStream, Fa
     Ok(s)
 }
 
-async fn open_and_wait<R, W>(r: &mut R, w: &mut W, open: &Open, peer: &str, within: Duration) -> Result<(), FarError>
+async fn open_and_wait<R, W>(
+    r: &mut R,
+    w: &mut W,
+    open: &Open,
+    peer: &str,
+    within: Duration,
+) -> Result<(), FarError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -449,11 +521,20 @@ where
     }
 }
 
-async fn connect_far(flow: &OutboundFlow, src: SocketAddr, shared: &Shared) -> Result<Far, FarError> {
+async fn connect_far(
+    flow: &OutboundFlow,
+    src: SocketAddr,
+    shared: &Shared,
+) -> Result<Far, FarError> {
     let tls = shared.tls();
     let hs = shared.limits.handshake_timeout;
     match &flow.target {
-        Target::Tunnel { gateway, identity, addr, transport } => {
+        Target::Tunnel {
+            gateway,
+            identity,
+            addr,
+            transport,
+        } => {
             let open = Open {
                 flow: flow.name.clone(),
                 device: flow.device.clone(),
@@ -465,13 +546,15 @@ async fn connect_far(flow: &OutboundFlow, src: SocketAddr, shared: &Shared) -> R
                 ward_policy::model::Transport::Tcp => {
                     let tcp = tcp_connect(*addr, flow.connect_timeout).await?;
                     let config = tls.peer_client(identity)?;
-                    let name = ServerName::try_from(gateway.clone()).unwrap_or_else(|_| {
-                        ServerName::IpAddress(addr.ip().into())
-                    });
+                    let name = ServerName::try_from(gateway.clone())
+                        .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
                     let stream = timeout(hs, TlsConnector::from(config).connect(name, tcp))
                         .await
                         .map_err(|_| FarError::HandshakeTimeout(*addr))?
-                        .map_err(|source| FarError::Handshake { addr: *addr, source })?;
+                        .map_err(|source| FarError::Handshake {
+                            addr: *addr,
+                            source,
+                        })?;
                     let (mut r, mut w) = tokio::io::split(stream);
                     open_and_wait(&mut r, &mut w, &open, identity, answer_within).await?;
                     Ok(Far::Tls(r.unsplit(w)))
@@ -487,7 +570,11 @@ async fn connect_far(flow: &OutboundFlow, src: SocketAddr, shared: &Shared) -> R
                 }
             }
         }
-        Target::Tls { addr, server_name, ca } => {
+        Target::Tls {
+            addr,
+            server_name,
+            ca,
+        } => {
             let tcp = tcp_connect(*addr, flow.connect_timeout).await?;
             let config = tls.service_client(std::path::Path::new(ca), server_name)?;
             let name = ServerName::try_from(server_name.clone())
@@ -495,7 +582,10 @@ async fn connect_far(flow: &OutboundFlow, src: SocketAddr, shared: &Shared) -> R
             let stream = timeout(hs, TlsConnector::from(config).connect(name, tcp))
                 .await
                 .map_err(|_| FarError::HandshakeTimeout(*addr))?
-                .map_err(|source| FarError::Handshake { addr: *addr, source })?;
+                .map_err(|source| FarError::Handshake {
+                    addr: *addr,
+                    source,
+                })?;
             Ok(Far::Native(stream))
         }
     }
@@ -552,8 +642,13 @@ fn spawn_tunnel_tcp_listener(
     });
 }
 
-fn peer_of(certs: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> (Option<String>, Option<String>) {
-    match certs.and_then(|c| c.first()).and_then(|c| ward_pki::inspect(c)) {
+fn peer_of(
+    certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> (Option<String>, Option<String>) {
+    match certs
+        .and_then(|c| c.first())
+        .and_then(|c| ward_pki::inspect(c))
+    {
         Some(info) => (info.identity, Some(info.serial)),
         None => (None, None),
     }
@@ -626,7 +721,11 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
             Ok(t) => t,
             Err(e) => {
                 warn!(error = %e, "tunnel refused: target unreachable");
-                let _ = proto::write_frame(&mut w, &Answer::Deny(proto::DENY_TARGET_UNREACHABLE).encode()).await;
+                let _ = proto::write_frame(
+                    &mut w,
+                    &Answer::Deny(proto::DENY_TARGET_UNREACHABLE).encode(),
+                )
+                .await;
                 return;
             }
         };
@@ -636,7 +735,15 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
         }
         info!("tunnel opened");
         let totals = shared.registry.flow(&flow.name).bytes.clone();
-        let end = relay::relay((r, w), target.into_split(), flow.idle_timeout, counters, totals, cancel).await;
+        let end = relay::relay(
+            (r, w),
+            target.into_split(),
+            flow.idle_timeout,
+            counters,
+            totals,
+            cancel,
+        )
+        .await;
         log_end(&end);
     }
     .instrument(span)
@@ -732,8 +839,15 @@ fn spawn_access_listener(
     });
 }
 
-async fn handle_access(stream: TcpStream, src: SocketAddr, shared: Arc<Shared>, cancel: CancellationToken) {
-    let Ok(listen) = stream.local_addr() else { return };
+async fn handle_access(
+    stream: TcpStream,
+    src: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let Ok(listen) = stream.local_addr() else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let Some(_source) = shared
         .registry
@@ -800,7 +914,15 @@ async fn handle_access(stream: TcpStream, src: SocketAddr, shared: Arc<Shared>, 
         };
         info!(device = %rule.device, "client connected to device");
         let totals = shared.registry.flow(&rule.flow).bytes.clone();
-        let end = relay::relay(tokio::io::split(tls), device.into_split(), rule.idle_timeout, counters, totals, cancel).await;
+        let end = relay::relay(
+            tokio::io::split(tls),
+            device.into_split(),
+            rule.idle_timeout,
+            counters,
+            totals,
+            cancel,
+        )
+        .await;
         log_end(&end);
     }
     .instrument(span)

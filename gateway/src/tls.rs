@@ -215,19 +215,18 @@ impl TlsMaterial {
                     reason: e.to_string(),
                 })
         };
-        let mut tunnel_server =
-            ServerConfig::builder_with_provider(provider())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(|source| TlsError::Rustls {
-                    what: "tunnel server config",
-                    source,
-                })?
-                .with_client_cert_verifier(client_verifier("tunnel server")?)
-                .with_single_cert(certs.clone(), key.clone_key())
-                .map_err(|source| TlsError::Rustls {
-                    what: "tunnel server certificate",
-                    source,
-                })?;
+        let mut tunnel_server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Rustls {
+                what: "tunnel server config",
+                source,
+            })?
+            .with_client_cert_verifier(client_verifier("tunnel server")?)
+            .with_single_cert(certs.clone(), key.clone_key())
+            .map_err(|source| TlsError::Rustls {
+                what: "tunnel server certificate",
+                source,
+            })?;
         tunnel_server.alpn_protocols = vec![ALPN_WARD.to_vec()];
         // No session resumption between gateways: every tunnel connection is a
         // full handshake with a fresh certificate check (and CRL) on both ends.
@@ -305,9 +304,16 @@ impl TlsMaterial {
 
     /// Client config for a server that speaks TLS itself (plain → tls): its
     /// CA from `ca`, TLS 1.2+, our certificate presented.
-    pub fn service_client(&self, ca: &Path, server_name: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    pub fn service_client(
+        &self,
+        ca: &Path,
+        server_name: &str,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let key = (ca.to_owned(), server_name.to_owned());
-        let mut cache = self.service_clients.lock().expect("tls cache lock poisoned");
+        let mut cache = self
+            .service_clients
+            .lock()
+            .expect("tls cache lock poisoned");
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
@@ -356,10 +362,13 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         // last: a name error therefore means everything else passed. The name
         // given here never matches a SPIFFE certificate on purpose.
         let placeholder = ServerName::try_from("ward-peer.invalid").expect("static name is valid");
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, &placeholder, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            &placeholder,
+            ocsp_response,
+            now,
+        ) {
             Ok(_) => {}
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },

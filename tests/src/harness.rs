@@ -42,7 +42,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::env::var_os("WARD_KEEP_TEST_DIRS").is_none() {
+        if std::env::var_os("WARDTEST_KEEP_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
@@ -57,21 +57,31 @@ fn target_dir() -> PathBuf {
         .to_owned()
 }
 
-/// Path of a workspace binary, built on first use if `cargo test` did not
-/// build it already (it does with `--workspace`).
+/// Path of a workspace binary. The first call in a test process runs
+/// `cargo build` for the binaries, so a test never runs a stale `wardd`
+/// (with `cargo test --workspace` they are already built and this is a no-op).
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = target_dir().join(name);
-    if !path.exists() {
-        BUILT.get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--bins", "-p", "ward-gateway", "-p", "ward-ctl"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building the binaries failed");
-        });
-    }
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "ward-gateway",
+                "-p",
+                "ward-ctl",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(
+            status.success() || path.exists(),
+            "building the binaries failed"
+        );
+    });
     path
 }
 
@@ -167,10 +177,16 @@ impl Wardd {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("wardd exited ({status}) before logging {needle:?}:\n{}", self.log());
+                panic!(
+                    "wardd exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
             }
             if start.elapsed() > within {
-                panic!("wardd did not log {needle:?} within {within:?}:\n{}", self.log());
+                panic!(
+                    "wardd did not log {needle:?} within {within:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -219,7 +235,14 @@ impl Drop for Wardd {
 }
 
 /// Write a `wardd` configuration for gateway `name`.
-pub fn write_config(path: &Path, name: &str, policy: &Path, tls: &Issued, ca: &TestCa, extra: &str) {
+pub fn write_config(
+    path: &Path,
+    name: &str,
+    policy: &Path,
+    tls: &Issued,
+    ca: &TestCa,
+    extra: &str,
+) {
     let text = format!(
         "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = false\n",
         policy.display(),
@@ -236,7 +259,10 @@ pub fn write_config(path: &Path, name: &str, policy: &Path, tls: &Issued, ca: &T
 pub fn wait_tcp(addr: SocketAddr, within: Duration) {
     let start = Instant::now();
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(start.elapsed() < within, "{addr} did not come up within {within:?}");
+        assert!(
+            start.elapsed() < within,
+            "{addr} did not come up within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -68,7 +68,11 @@ pub fn make_dicom(dir: &TempDir, side: u32) -> PathBuf {
         .arg(&dcm)
         .output()
         .expect("run img2dcm (install dcmtk)");
-    assert!(out.status.success(), "img2dcm: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "img2dcm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dcm
 }
 
@@ -76,7 +80,12 @@ pub fn make_dicom(dir: &TempDir, side: u32) -> PathBuf {
 /// which a receiving SCP rewrites.
 pub fn dataset(path: &Path) -> Vec<u8> {
     let data = std::fs::read(path).expect("read dicom file");
-    assert_eq!(&data[128..132], b"DICM", "{} is not a DICOM file", path.display());
+    assert_eq!(
+        &data[128..132],
+        b"DICM",
+        "{} is not a DICOM file",
+        path.display()
+    );
     // (0002,0000) UL group length, explicit VR little endian: tag(4) VR(2) len(2) value(4).
     let group_len = u32::from_le_bytes(data[140..144].try_into().expect("4 bytes")) as usize;
     data[144 + group_len..].to_vec()
@@ -97,7 +106,10 @@ pub fn storescp(addr: SocketAddr, out: &Path, extra: &[&str]) -> Peer {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn storescp (install dcmtk)");
-    wait_tcp(SocketAddr::new([127, 0, 0, 1].into(), addr.port()), Duration::from_secs(10));
+    wait_tcp(
+        SocketAddr::new([127, 0, 0, 1].into(), addr.port()),
+        Duration::from_secs(10),
+    );
     Peer {
         child,
         name: "storescp",
@@ -122,7 +134,12 @@ pub fn stored_file(dir: &Path) -> PathBuf {
         .expect("read storescp dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    assert_eq!(files.len(), 1, "expected one stored file in {}, found {files:?}", dir.display());
+    assert_eq!(
+        files.len(),
+        1,
+        "expected one stored file in {}, found {files:?}",
+        dir.display()
+    );
     files.into_iter().next().expect("one file")
 }
 

@@ -69,8 +69,10 @@ impl Site {
     pub fn new(tag: &str, opts: &SiteOptions) -> Site {
         let dir = TempDir::new(tag);
         let mut ca = TestCa::new(&dir, TRUST_DOMAIN);
-        let edge_cert = ca.issue(Kind::Gateway, "edge-01");
-        let hub_cert = ca.issue(Kind::Gateway, "hub-dc-01");
+        // Each gateway gets its own copy, as an installed gateway would: the
+        // CA may reissue a name later without touching running gateways.
+        let edge_cert = install(&dir, ca.issue(Kind::Gateway, "edge-01"));
+        let hub_cert = install(&dir, ca.issue(Kind::Gateway, "hub-dc-01"));
         let lo = "127.0.0.1";
         let at = |ip: &str| SocketAddr::new(ip.parse().expect("ip"), free_port(ip));
         let hub_tunnel = at("127.0.2.1");
@@ -223,7 +225,14 @@ listen = "{access}"
     /// Start the hub gateway.
     pub fn start_hub(&self) -> Wardd {
         let config = self.dir.join("hub.toml");
-        write_config(&config, "hub-dc-01", &self.policy, &self.hub_cert, &self.ca, "");
+        write_config(
+            &config,
+            "hub-dc-01",
+            &self.policy,
+            &self.hub_cert,
+            &self.ca,
+            "",
+        );
         Wardd::start(&config, &self.dir.join("hub.log"))
     }
 
@@ -231,22 +240,49 @@ listen = "{access}"
     pub fn start_edge(&self, extra: &str) -> Wardd {
         let config = self.dir.join("edge.toml");
         let extra = format!("quic_bind = \"127.0.3.1\"\n{extra}");
-        write_config(&config, "edge-01", &self.policy, &self.edge_cert, &self.ca, &extra);
+        write_config(
+            &config,
+            "edge-01",
+            &self.policy,
+            &self.edge_cert,
+            &self.ca,
+            &extra,
+        );
         Wardd::start(&config, &self.dir.join("edge.log"))
     }
+}
+
+fn install(dir: &TempDir, mut issued: Issued) -> Issued {
+    let to = dir.join(&format!("tls-{}", issued.name));
+    std::fs::create_dir_all(&to).expect("tls dir");
+    for (from, name) in [
+        (&mut issued.cert, "gateway.crt"),
+        (&mut issued.key, "gateway.key"),
+    ] {
+        let dest = to.join(name);
+        std::fs::copy(&*from, &dest).expect("copy certificate");
+        *from = dest;
+    }
+    issued
 }
 
 /// The PACS vendor's own CA and a server certificate for `pacs.test`, as a
 /// TLS-capable PACS would have; Ward trusts this CA only for that service.
 fn make_pacs_vendor_pki(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     std::fs::create_dir_all(dir).expect("pacs pki dir");
     let now = time::OffsetDateTime::now_utc();
     let ca_key = KeyPair::generate().expect("key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.distinguished_name.push(DnType::CommonName, "PACS vendor CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "PACS vendor CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca.not_before = now - time::Duration::hours(1);
     ca.not_after = now + time::Duration::days(2);
     let ca_cert = ca.self_signed(&ca_key).expect("ca");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ward_tests::harness::TempDir;
-use ward_tests::peers::{self, dataset, make_dicom, storescp, storescu, stored_file};
+use ward_tests::peers::{self, dataset, make_dicom, stored_file, storescp, storescu};
 use ward_tests::site::{Site, SiteOptions};
 
 fn dicom_through(listen_of: impl Fn(&Site) -> std::net::SocketAddr, tag: &str) {
@@ -16,11 +16,21 @@ fn dicom_through(listen_of: impl Fn(&Site) -> std::net::SocketAddr, tag: &str) {
     let out = scratch.join("received");
     let _pacs = storescp(site.pacs, &out, &[]);
     let sent = storescu(listen_of(&site), &file, &[]);
-    assert!(sent.status.success(), "storescu failed: {}\n{}", String::from_utf8_lossy(&sent.stderr), edge.log());
+    assert!(
+        sent.status.success(),
+        "storescu failed: {}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        edge.log()
+    );
     let received = stored_file(&out);
     let (a, b) = (dataset(&file), dataset(&received));
     assert!(a.len() > 700_000, "test image is {} bytes", a.len());
-    assert!(a == b, "dataset differs after the tunnel ({} vs {} bytes)", a.len(), b.len());
+    assert!(
+        a == b,
+        "dataset differs after the tunnel ({} vs {} bytes)",
+        a.len(),
+        b.len()
+    );
 }
 
 /// storescu → edge (plain → tunnel over TLS/TCP) → hub → storescp: the stored
@@ -45,8 +55,15 @@ fn hl7_mllp_ack() {
     let _engine = peers::mllp_server(&site.dir, site.hl7);
     let out = peers::mllp_send(&site.dir, site.hl7_listen, &peers::hl7_message("MSG00042"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "mllp_send failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("MSA|AA|MSG00042"), "no ACK for MSG00042 came back: {stdout:?}");
+    assert!(
+        out.status.success(),
+        "mllp_send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("MSA|AA|MSG00042"),
+        "no ACK for MSG00042 came back: {stdout:?}"
+    );
 }
 
 /// A cleartext storescu through the plain → tls listener to a storescp that
@@ -62,13 +79,25 @@ fn dicom_plain_to_native_tls() {
     let key = pki.join("server.key");
     let cert = pki.join("server.crt");
     let ward_ca = site.ca.ca.cert_path();
-    let _pacs = storescp(site.pacs_tls, &out, &[
-        "--enable-tls", key.to_str().expect("utf8"), cert.to_str().expect("utf8"),
-        "--require-peer-cert",
-        "--add-cert-file", ward_ca.to_str().expect("utf8"),
-    ]);
+    let _pacs = storescp(
+        site.pacs_tls,
+        &out,
+        &[
+            "--enable-tls",
+            key.to_str().expect("utf8"),
+            cert.to_str().expect("utf8"),
+            "--require-peer-cert",
+            "--add-cert-file",
+            ward_ca.to_str().expect("utf8"),
+        ],
+    );
     let sent = storescu(site.dicom_native, &file, &[]);
-    assert!(sent.status.success(), "storescu failed: {}\n{}", String::from_utf8_lossy(&sent.stderr), edge.log());
+    assert!(
+        sent.status.success(),
+        "storescu failed: {}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        edge.log()
+    );
     assert!(dataset(&file) == dataset(&stored_file(&out)));
 }
 
@@ -83,11 +112,23 @@ fn dicom_tls_client_to_plain_device() {
     let file = make_dicom(&scratch, 128);
     let out = scratch.join("received");
     let _monitor = storescp(site.monitor, &out, &[]);
-    let sent = storescu(site.access, &file, &[
-        "--enable-tls", vendor.key.to_str().expect("utf8"), vendor.cert.to_str().expect("utf8"),
-        "--add-cert-file", site.ca.ca.cert_path().to_str().expect("utf8"),
-    ]);
-    assert!(sent.status.success(), "storescu +tls failed: {}\n{}", String::from_utf8_lossy(&sent.stderr), edge.log());
+    let sent = storescu(
+        site.access,
+        &file,
+        &[
+            "--enable-tls",
+            vendor.key.to_str().expect("utf8"),
+            vendor.cert.to_str().expect("utf8"),
+            "--add-cert-file",
+            site.ca.ca.cert_path().to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        sent.status.success(),
+        "storescu +tls failed: {}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        edge.log()
+    );
     assert!(dataset(&file) == dataset(&stored_file(&out)));
     let _ = Duration::ZERO;
 }

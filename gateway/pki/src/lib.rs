@@ -44,7 +44,9 @@ pub enum PkiError {
         source: std::io::Error,
     },
     /// The directory holds no CA.
-    #[error("no CA in {dir} (create one with `wardctl ca init --trust-domain <domain> --dir {dir}`)")]
+    #[error(
+        "no CA in {dir} (create one with `wardctl ca init --trust-domain <domain> --dir {dir}`)"
+    )]
     NoCa {
         /// The directory.
         dir: PathBuf,
@@ -190,9 +192,9 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
 fn check_name(name: &str, what: &str) -> Result<(), PkiError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.')
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
         && !name.starts_with(['-', '.']);
     if ok {
         Ok(())
@@ -219,7 +221,9 @@ impl Ca {
     pub fn init(dir: &Path, trust_domain: &str) -> Result<Ca, PkiError> {
         check_name(trust_domain, "trust domain")?;
         if dir.join("ca.key").exists() || dir.join("index.json").exists() {
-            return Err(PkiError::Exists { dir: dir.to_owned() });
+            return Err(PkiError::Exists {
+                dir: dir.to_owned(),
+            });
         }
         fs::create_dir_all(dir.join("issued")).map_err(io(dir))?;
         set_mode(dir, 0o700)?;
@@ -265,7 +269,9 @@ impl Ca {
         let index_path = dir.join("index.json");
         let key_path = dir.join("ca.key");
         if !key_path.exists() && !index_path.exists() {
-            return Err(PkiError::NoCa { dir: dir.to_owned() });
+            return Err(PkiError::NoCa {
+                dir: dir.to_owned(),
+            });
         }
         let index: Index = serde_json::from_slice(&fs::read(&index_path).map_err(io(&index_path))?)
             .map_err(|e| PkiError::Invalid {
@@ -310,9 +316,18 @@ impl Ca {
     /// Issue a certificate and key for `name`, valid for `validity`, written to
     /// `issued/<kind>-<name>.{crt,key}` (the key 0600). Reissuing a name
     /// replaces its files; the old certificate stays valid until revoked.
-    pub fn issue(&mut self, kind: Kind, name: &str, validity: Validity) -> Result<Issued, PkiError> {
+    pub fn issue(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        validity: Validity,
+    ) -> Result<Issued, PkiError> {
         check_name(name, kind.as_str())?;
-        let identity = format!("spiffe://{}/{}/{name}", self.index.trust_domain, kind.as_str());
+        let identity = format!(
+            "spiffe://{}/{}/{name}",
+            self.index.trust_domain,
+            kind.as_str()
+        );
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -467,7 +482,10 @@ pub fn crl_serials(der: &[u8]) -> Option<Vec<String>> {
         crl.iter_revoked_certificates()
             .map(|r| {
                 let s = r.raw_serial();
-                let s = s.iter().position(|b| *b != 0).map_or(&s[s.len().saturating_sub(1)..], |i| &s[i..]);
+                let s = s
+                    .iter()
+                    .position(|b| *b != 0)
+                    .map_or(&s[s.len().saturating_sub(1)..], |i| &s[i..]);
                 hex::encode(s)
             })
             .collect(),
@@ -491,9 +509,16 @@ mod tests {
         let dir = tempdir("init");
         let ca = Ca::init(&dir, "st-mary.example").expect("init");
         assert_eq!(ca.trust_domain(), "st-mary.example");
-        let mode = fs::metadata(dir.join("ca.key")).expect("key").permissions().mode() & 0o777;
+        let mode = fs::metadata(dir.join("ca.key"))
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(Ca::init(&dir, "other.example"), Err(PkiError::Exists { .. })));
+        assert!(matches!(
+            Ca::init(&dir, "other.example"),
+            Err(PkiError::Exists { .. })
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -503,11 +528,16 @@ mod tests {
     fn issue_and_revoke() {
         let dir = tempdir("issue");
         let mut ca = Ca::init(&dir, "st-mary.example").expect("init");
-        let gw = ca.issue(Kind::Gateway, "edge-01", Validity::days(30)).expect("issue");
+        let gw = ca
+            .issue(Kind::Gateway, "edge-01", Validity::days(30))
+            .expect("issue");
         let pem = fs::read_to_string(&gw.cert).expect("cert");
         let der = pem_to_der(&pem);
         let info = inspect(&der).expect("parse");
-        assert_eq!(info.identity.as_deref(), Some("spiffe://st-mary.example/gateway/edge-01"));
+        assert_eq!(
+            info.identity.as_deref(),
+            Some("spiffe://st-mary.example/gateway/edge-01")
+        );
         assert_eq!(info.serial, gw.serial);
         assert!(info.not_after - info.not_before > 29 * 86400);
 
@@ -517,7 +547,10 @@ mod tests {
         let revoked = ca.revoke("edge-01").expect("revoke");
         assert_eq!(revoked.len(), 1);
         let crl = pem_to_der(&fs::read_to_string(ca.crl_path()).expect("crl"));
-        assert_eq!(crl_serials(&crl).expect("crl parses"), vec![gw.serial.clone()]);
+        assert_eq!(
+            crl_serials(&crl).expect("crl parses"),
+            vec![gw.serial.clone()]
+        );
         assert!(matches!(ca.revoke("edge-01"), Err(PkiError::NotFound(_))));
         let _ = fs::remove_dir_all(&dir);
     }
@@ -525,7 +558,9 @@ mod tests {
     /// Opening a directory without a CA says how to make one.
     #[test]
     fn open_missing() {
-        let err = Ca::open(Path::new("/nonexistent/ward-ca")).err().expect("error");
+        let err = Ca::open(Path::new("/nonexistent/ward-ca"))
+            .err()
+            .expect("error");
         assert!(err.to_string().contains("wardctl ca init"), "{err}");
     }
 

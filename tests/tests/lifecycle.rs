@@ -1,0 +1,254 @@
+//! Certificates and CRL reloaded without dropping tunnels, revocation closing
+//! open tunnels, inbound access rules, limits, reload, and graceful shutdown.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use ward_pki::Kind;
+use ward_tests::harness::TempDir;
+use ward_tests::peers::{echo_server, make_dicom, storescp, storescu};
+use ward_tests::site::{Site, SiteOptions};
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+/// Echo `what` through `s`; Err if the tunnel is gone.
+fn echo(s: &mut TcpStream, what: &str) -> std::io::Result<()> {
+    s.write_all(what.as_bytes())?;
+    let mut buf = vec![0u8; what.len()];
+    s.read_exact(&mut buf)?;
+    assert_eq!(buf, what.as_bytes());
+    Ok(())
+}
+
+/// Wait until `s` is closed by the far side.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    while start.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+/// A CRL rewrite that revokes nothing keeps tunnels up; the CRL that revokes
+/// the edge's certificate closes its open tunnels (TCP and QUIC), and the
+/// edge is refused at its next connect.
+#[test]
+fn revocation_closes_open_tunnels() {
+    let mut site = Site::new("revoke", &SiteOptions::default());
+    echo_server(site.echo);
+    let mut hub = site.start_hub();
+    let edge = site.start_edge("");
+    let mut tcp = connect(site.echo_tcp);
+    let mut quic = connect(site.echo_quic);
+    echo(&mut tcp, "one").expect("tcp tunnel up");
+    echo(&mut quic, "one").expect("quic tunnel up");
+
+    // A fresh CRL with nothing new: certificates reload, tunnels stay.
+    site.ca.ca.write_crl().expect("rewrite crl");
+    hub.wait_log("certificates and CRL reloaded", Duration::from_secs(10));
+    echo(&mut tcp, "two").expect("tcp tunnel survives a reload");
+    echo(&mut quic, "two").expect("quic tunnel survives a reload");
+
+    // Revoke the edge's certificate: the hub closes what the edge has open.
+    let serial = site.edge_cert.serial.clone();
+    site.ca.ca.revoke(&serial).expect("revoke edge");
+    hub.wait_log(
+        "closing tunnel: peer certificate revoked",
+        Duration::from_secs(10),
+    );
+    assert!(
+        closed_within(&mut tcp, Duration::from_secs(5)),
+        "tcp tunnel of a revoked peer stayed open"
+    );
+    assert!(
+        closed_within(&mut quic, Duration::from_secs(5)),
+        "quic tunnel of a revoked peer stayed open"
+    );
+
+    // The next connect is refused in the handshake.
+    let mut again = connect(site.echo_tcp);
+    assert!(
+        echo(&mut again, "three").is_err(),
+        "revoked edge opened a new tunnel"
+    );
+    hub.wait_log("Revoked", Duration::from_secs(5));
+    drop(edge);
+}
+
+/// The vendor reaches the monitor only inside its window (injected clock);
+/// a clinician identity without that flow, and a client without a
+/// certificate, are refused.
+#[test]
+fn inbound_access_rules() {
+    // 2026-11-24 is a Tuesday.
+    let window = r#"{ days = ["tue"], start = "02:00", end = "04:00" }"#;
+    let mut site = Site::new(
+        "access",
+        &SiteOptions {
+            window: Some(window.into()),
+            ..Default::default()
+        },
+    );
+    let vendor = site.ca.issue(Kind::Client, "vendor");
+    let clinician = site.ca.issue(Kind::Client, "clinician");
+    let scratch = TempDir::new("access-data");
+    let file = make_dicom(&scratch, 64);
+    let out = scratch.join("received");
+    let _monitor = storescp(site.monitor, &out, &[]);
+    let tls_args = |c: &ward_pki::Issued| {
+        vec![
+            "--enable-tls".to_owned(),
+            c.key.display().to_string(),
+            c.cert.display().to_string(),
+            "--add-cert-file".to_owned(),
+            site.ca.ca.cert_path().display().to_string(),
+        ]
+    };
+    let send = |c: &ward_pki::Issued| {
+        let args = tls_args(c);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        storescu(site.access, &file, &args)
+    };
+
+    let mut inside = site.start_edge("fake_now = \"2026-11-24T03:00:00Z\"");
+    assert!(
+        send(&vendor).status.success(),
+        "vendor inside its window was refused:\n{}",
+        inside.log()
+    );
+    let refused = send(&clinician);
+    assert!(
+        !refused.status.success(),
+        "clinician without a flow got through"
+    );
+    inside.wait_log(
+        "peer identity may not open this flow",
+        Duration::from_secs(5),
+    );
+    let plain = storescu(site.access, &file, &[]);
+    assert!(!plain.status.success(), "a client without TLS got through");
+    drop(inside);
+
+    let mut outside = site.start_edge("fake_now = \"2026-11-24T05:00:00Z\"");
+    assert!(
+        !send(&vendor).status.success(),
+        "vendor outside its window got through"
+    );
+    outside.wait_log(
+        "outside the flow's maintenance window",
+        Duration::from_secs(5),
+    );
+}
+
+/// A flow's connection limit refuses the connection over it and leaves the
+/// open ones alone.
+#[test]
+fn flow_connection_limit() {
+    let site = Site::new(
+        "limit",
+        &SiteOptions {
+            extra_policy: String::new(),
+            ..Default::default()
+        },
+    );
+    // Limit the echo flow to one connection by editing the policy.
+    let text = std::fs::read_to_string(&site.policy)
+        .expect("policy")
+        .replace(
+            "name = \"echo-tcp\"",
+            "name = \"echo-tcp\"\nmax_connections = 1",
+        );
+    std::fs::write(&site.policy, text).expect("write policy");
+    echo_server(site.echo);
+    let _hub = site.start_hub();
+    let mut edge = site.start_edge("");
+    let mut first = connect(site.echo_tcp);
+    echo(&mut first, "first").expect("first connection");
+    let mut second = connect(site.echo_tcp);
+    assert!(
+        echo(&mut second, "second").is_err(),
+        "second connection exceeded max_connections = 1"
+    );
+    edge.wait_log("flow connection limit reached", Duration::from_secs(5));
+    echo(&mut first, "still").expect("the open connection is untouched");
+}
+
+/// SIGHUP with a broken policy keeps everything running and says why;
+/// SIGTERM stops accepting, drains for the grace period, then cuts.
+#[test]
+fn reload_rejects_bad_policy_and_shutdown_drains() {
+    let site = Site::new("reload", &SiteOptions::default());
+    echo_server(site.echo);
+    let _hub = site.start_hub();
+    let mut edge = site.start_edge("");
+    let mut tunnel = connect(site.echo_tcp);
+    echo(&mut tunnel, "before").expect("tunnel up");
+
+    let good = std::fs::read_to_string(&site.policy).expect("policy");
+    std::fs::write(&site.policy, good.replace("to = \"pacs\"", "to = \"pac\""))
+        .expect("break policy");
+    edge.signal("HUP");
+    edge.wait_log("reload rejected", Duration::from_secs(5));
+    let log = edge.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("reload rejected"))
+        .expect("rejection logged");
+    let at = format!(
+        "policy.toml:{}:",
+        good[..good.find("to = \"pacs\"").expect("flow")]
+            .matches('\n')
+            .count()
+            + 1
+    );
+    assert!(
+        line.contains(&at) && line.contains("flows[0].to") && line.contains("did you mean"),
+        "reload error lacks file, line and key: {line}"
+    );
+    echo(&mut tunnel, "after bad reload").expect("tunnel survives a rejected reload");
+    let dicom = storescu(
+        site.dicom_tcp,
+        &make_dicom(&TempDir::new("reload-data"), 16),
+        &[],
+    );
+    // No PACS runs here: the connection is accepted and the flow fails at the
+    // far end, which proves the listener still serves the old plan.
+    assert!(!dicom.status.success());
+    edge.wait_log("flow not opened", Duration::from_secs(5));
+
+    std::fs::write(&site.policy, &good).expect("restore policy");
+    edge.signal("HUP");
+    edge.wait_log("reload applied", Duration::from_secs(5));
+    echo(&mut tunnel, "after good reload").expect("tunnel survives a reload");
+
+    // Graceful shutdown: the open tunnel works during the drain, is cut after it.
+    edge.signal("TERM");
+    edge.wait_log("draining open connections", Duration::from_secs(5));
+    echo(&mut tunnel, "during drain").expect("tunnel works while draining");
+    assert!(
+        TcpStream::connect_timeout(&site.echo_tcp, Duration::from_secs(1)).is_err(),
+        "new connections accepted during shutdown"
+    );
+    assert!(
+        closed_within(&mut tunnel, Duration::from_secs(6)),
+        "tunnel not cut after the drain period"
+    );
+    assert_eq!(edge.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(edge.log().contains("closing the remaining connections"));
+}
