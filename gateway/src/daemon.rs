@@ -98,6 +98,12 @@ pub fn check(
 pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(), StartError> {
     let config = Config::load(config_file.as_deref(), &overrides)?;
     let plan = Arc::new(load_plan(&config)?);
+    // Every tunnel holds two sockets; the default soft limit (1024) would cap
+    // a gateway at a few hundred connections.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(nofile = n, "file descriptor limit"),
+        Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let tls = Arc::new(TlsMaterial::load(&config.tls, &plan.identity)?);
     let nft = Nft::default();
     if config.apply_nft {

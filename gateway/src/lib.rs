@@ -11,7 +11,8 @@
 //! - [`server`]: the listener kinds and the tunnel server; [`quic`]: the QUIC transport.
 //! - [`proto`]: the `ward/1` open frame; [`relay`]: both-way copy with half-close,
 //!   idle timeout and counters; [`registry`]: live connections and limits.
-//! - [`tls`]: certificates, CRL and rustls configs; [`nft`]: ruleset apply.
+//! - [`tls`]: certificates, CRL and rustls configs; [`bufio`]: large socket
+//!   reads under TLS; [`nft`]: ruleset apply.
 //! - [`telemetry`]: logging setup.
 //!
 //! # What this crate does not do
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bufio;
 pub mod config;
 pub mod daemon;
 pub mod nft;

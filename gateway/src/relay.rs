@@ -11,8 +11,10 @@ use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Read buffer per direction. One TLS record carries at most 16 KiB.
-pub const BUFFER: usize = 16 * 1024;
+/// Read buffer per direction while bytes stream (four full TLS records).
+pub const BUFFER: usize = 64 * 1024;
+/// Read buffer per direction while a connection is quiet.
+pub const SMALL: usize = 1024;
 
 /// Bytes moved by one connection, readable while it runs.
 #[derive(Debug, Default)]
@@ -64,18 +66,36 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUFFER];
+    // An idle tunnel holds only the small buffer (in this future's state);
+    // the large one exists only while bytes stream, so thousands of quiet
+    // clinical links cost little memory and bulk transfers read in big chunks.
+    let mut small = [0u8; SMALL];
+    let mut big: Vec<u8> = Vec::new();
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = if big.is_empty() {
+            r.read(&mut small).await?
+        } else {
+            r.read(&mut big).await?
+        };
         if n == 0 {
             // Half-close: the far side sees end of stream, the other direction goes on.
             return w.shutdown().await;
         }
-        w.write_all(&buf[..n]).await?;
+        let data = if big.is_empty() {
+            &small[..n]
+        } else {
+            &big[..n]
+        };
+        w.write_all(data).await?;
         w.flush().await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         total.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
+        if big.is_empty() && n == SMALL {
+            big = vec![0u8; BUFFER];
+        } else if !big.is_empty() && n < SMALL {
+            big = Vec::new();
+        }
     }
 }
 
@@ -158,13 +178,14 @@ mod tests {
         ));
         let (mut dr, mut dw) = tokio::io::split(dev);
         let (mut sr, mut sw) = tokio::io::split(srv);
-        dw.write_all(&[7u8; 1000]).await.expect("write");
+        // More than the small buffer, so the large one comes into play.
+        dw.write_all(&[7u8; 3000]).await.expect("write");
         dw.shutdown().await.expect("half-close");
         let mut got = Vec::new();
         sr.read_to_end(&mut got)
             .await
             .expect("server sees EOF after the bytes");
-        assert_eq!(got, vec![7u8; 1000]);
+        assert_eq!(got, vec![7u8; 3000]);
         // The other direction still works after the half-close.
         sw.write_all(b"ACK").await.expect("write back");
         sw.shutdown().await.expect("close");
@@ -172,9 +193,9 @@ mod tests {
         dr.read_to_end(&mut back).await.expect("read back");
         assert_eq!(back, b"ACK");
         assert!(matches!(task.await.expect("join"), End::Done));
-        assert_eq!(counters.up.load(Ordering::Relaxed), 1000);
+        assert_eq!(counters.up.load(Ordering::Relaxed), 3000);
         assert_eq!(counters.down.load(Ordering::Relaxed), 3);
-        assert_eq!(totals.up.load(Ordering::Relaxed), 1000);
+        assert_eq!(totals.up.load(Ordering::Relaxed), 3000);
     }
 
     /// A silent connection ends after the idle timeout.

@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use ward_policy::model::WeekTime;
 use ward_policy::{ListenerKind, OutboundFlow, Plan, Target};
 
+use crate::bufio::ChunkedTcp;
 use crate::config::Limits;
 use crate::proto::{self, Answer, Open};
 use crate::quic::{self, QuicPool};
@@ -433,15 +434,15 @@ async fn handle_plain(
 fn log_end(end: &End) {
     match end {
         End::Done => debug!("closed"),
-        End::Idle => info!("closed: idle timeout"),
+        End::Idle => debug!("closed: idle timeout"),
         End::Cancelled => info!("closed: cancelled"),
         End::Error(e) => debug!(error = %e, "closed by error"),
     }
 }
 
 enum Far {
-    Tls(tokio_rustls::client::TlsStream<TcpStream>),
-    Native(tokio_rustls::client::TlsStream<TcpStream>),
+    Tls(tokio_rustls::client::TlsStream<ChunkedTcp>),
+    Native(tokio_rustls::client::TlsStream<ChunkedTcp>),
     Quic(quinn::SendStream, quinn::RecvStream),
 }
 
@@ -548,13 +549,16 @@ async fn connect_far(
                     let config = tls.peer_client(identity)?;
                     let name = ServerName::try_from(gateway.clone())
                         .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
-                    let stream = timeout(hs, TlsConnector::from(config).connect(name, tcp))
-                        .await
-                        .map_err(|_| FarError::HandshakeTimeout(*addr))?
-                        .map_err(|source| FarError::Handshake {
-                            addr: *addr,
-                            source,
-                        })?;
+                    let stream = timeout(
+                        hs,
+                        TlsConnector::from(config).connect(name, ChunkedTcp::new(tcp)),
+                    )
+                    .await
+                    .map_err(|_| FarError::HandshakeTimeout(*addr))?
+                    .map_err(|source| FarError::Handshake {
+                        addr: *addr,
+                        source,
+                    })?;
                     let (mut r, mut w) = tokio::io::split(stream);
                     open_and_wait(&mut r, &mut w, &open, identity, answer_within).await?;
                     Ok(Far::Tls(r.unsplit(w)))
@@ -579,13 +583,16 @@ async fn connect_far(
             let config = tls.service_client(std::path::Path::new(ca), server_name)?;
             let name = ServerName::try_from(server_name.clone())
                 .map_err(|e| FarError::Quic(format!("bad server name {server_name:?}: {e}")))?;
-            let stream = timeout(hs, TlsConnector::from(config).connect(name, tcp))
-                .await
-                .map_err(|_| FarError::HandshakeTimeout(*addr))?
-                .map_err(|source| FarError::Handshake {
-                    addr: *addr,
-                    source,
-                })?;
+            let stream = timeout(
+                hs,
+                TlsConnector::from(config).connect(name, ChunkedTcp::new(tcp)),
+            )
+            .await
+            .map_err(|_| FarError::HandshakeTimeout(*addr))?
+            .map_err(|source| FarError::Handshake {
+                addr: *addr,
+                source,
+            })?;
             Ok(Far::Native(stream))
         }
     }
@@ -618,7 +625,7 @@ fn spawn_tunnel_tcp_listener(
                     return;
                 };
                 let acceptor = TlsAcceptor::from(shared.tls().tunnel_server.clone());
-                let tls = match timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await {
+                let tls = match timeout(shared.limits.handshake_timeout, acceptor.accept(ChunkedTcp::new(stream))).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         warn!(peer = %peer_addr, reason = %e, "tunnel handshake failed");
@@ -733,7 +740,7 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
             debug!(error = %e, "peer went away before the accept");
             return;
         }
-        info!("tunnel opened");
+        debug!("tunnel opened");
         let totals = shared.registry.flow(&flow.name).bytes.clone();
         let end = relay::relay(
             (r, w),
@@ -861,7 +868,12 @@ async fn handle_access(
         return;
     };
     let acceptor = TlsAcceptor::from(shared.tls().access_server.clone());
-    let tls = match timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await {
+    let tls = match timeout(
+        shared.limits.handshake_timeout,
+        acceptor.accept(ChunkedTcp::new(stream)),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(%src, %listen, reason = %e, "client handshake failed");

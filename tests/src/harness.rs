@@ -145,11 +145,16 @@ impl Wardd {
     /// Start `wardd --config config` with its log at `log`, and wait until it
     /// logs that it is ready. Panics with the log if it does not.
     pub fn start(config: &Path, log: &Path) -> Wardd {
+        Self::start_with(config, log, "info,ward_gateway=debug")
+    }
+
+    /// [`Wardd::start`] with a `WARD_LOG` filter of the caller's choice.
+    pub fn start_with(config: &Path, log: &Path, filter: &str) -> Wardd {
         let file = std::fs::File::create(log).expect("create log");
         let child = Command::new(binary("wardd"))
             .arg("--config")
             .arg(config)
-            .env("WARD_LOG", "info,ward_gateway=debug")
+            .env("WARD_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -162,6 +167,11 @@ impl Wardd {
         };
         w.wait_log("wardd ready", Duration::from_secs(20));
         w
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The log so far.
