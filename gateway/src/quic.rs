@@ -18,6 +18,8 @@ pub const MAX_STREAMS: u32 = 4096;
 /// Keep-alive between gateways, well inside the idle timeout.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(60);
+/// UDP payload of a 9000-byte IPv4 frame.
+const JUMBO_UDP_PAYLOAD: u16 = 9000 - 20 - 8;
 
 fn transport() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
