@@ -150,3 +150,73 @@ fn diff_names_changes() {
         "hub sees the quarantine too: {s}"
     );
 }
+
+/// `ca init|issue|revoke|show`: keys 0600, SPIFFE identities, revocation
+/// needs --yes without a terminal, and a missing CA is a clear error.
+#[test]
+fn ca_lifecycle() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("wardctl-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf8");
+    let out = wardctl(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "st-mary.example",
+        "--dir",
+        d,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("ca.key"))
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let again = wardctl(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "st-mary.example",
+        "--dir",
+        d,
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+
+    let out = wardctl(&[
+        "--json", "ca", "issue", "gateway", "edge-01", "--days", "30", "--dir", d,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let issued: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        issued["identity"],
+        "spiffe://st-mary.example/gateway/edge-01"
+    );
+    let key = issued["key"].as_str().expect("key path");
+    assert_eq!(
+        std::fs::metadata(key).expect("key").permissions().mode() & 0o777,
+        0o600
+    );
+
+    let refused = wardctl(&["ca", "revoke", "edge-01", "--dir", d]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    let out = wardctl(&["ca", "revoke", "edge-01", "--yes", "--dir", d]);
+    assert_eq!(out.status.code(), Some(0));
+    let show = wardctl(&["ca", "show", "--dir", d]);
+    assert!(String::from_utf8_lossy(&show.stdout).contains("revoked"));
+
+    let missing = wardctl(&["ca", "show", "--dir", "/nonexistent/ward-pki"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no CA in /nonexistent/ward-pki"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

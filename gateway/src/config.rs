@@ -176,13 +176,19 @@ impl Config {
             .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
         let mut errs = Vec::new();
         let source = |key: &str| -> String {
-            figment
-                .find_metadata(key)
-                .map(|m| match &m.source {
+            match figment.find_metadata(key) {
+                Some(m) if m.name.contains("environment") => {
+                    format!(
+                        "environment variable WARD_{}",
+                        key.replace('.', "__").to_uppercase()
+                    )
+                }
+                Some(m) => match &m.source {
                     Some(s) => format!("{} ({s})", m.name),
                     None => m.name.to_string(),
-                })
-                .unwrap_or_else(|| "default".into())
+                },
+                None => "default".into(),
+            }
         };
         let mut duration = |key: &str, v: &str| -> Duration {
             ward_policy::parse_duration(v).unwrap_or_else(|| {

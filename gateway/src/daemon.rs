@@ -120,12 +120,15 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         );
     }
     let clock = config.fake_now.map_or(Clock::System, Clock::Fixed);
+    let reset_key = crate::quic::reset_key(&config.state_dir)
+        .map_err(|e| StartError::Other(format!("state: {e}")))?;
     let gateway = Gateway::bind(
         plan.clone(),
         tls.clone(),
         config.limits,
         clock,
         config.quic_bind,
+        &reset_key,
     )
     .await
     .map_err(|e| StartError::Other(e.to_string()))?;

@@ -16,8 +16,9 @@ use crate::tls::TlsMaterial;
 /// Streams (flows) one peer may have open at once over one connection.
 pub const MAX_STREAMS: u32 = 4096;
 /// Keep-alive between gateways, well inside the idle timeout.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
-const IDLE: Duration = Duration::from_secs(60);
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A silent peer is given up after this; new flows then reconnect.
+const IDLE: Duration = Duration::from_secs(20);
 /// UDP payload of a 9000-byte IPv4 frame.
 const JUMBO_UDP_PAYLOAD: u16 = 9000 - 20 - 8;
 
@@ -26,9 +27,13 @@ fn transport() -> Arc<TransportConfig> {
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(
-        IDLE.try_into().expect("60 s fits a QUIC idle timeout"),
-    ));
+    t.max_idle_timeout(Some(IDLE.try_into().expect("the idle timeout fits QUIC's")));
+    // Path MTU discovery probes up to jumbo frames: data-centre segments
+    // often carry 9000-byte frames, and fewer packets mean less per-packet
+    // work. On a 1500-byte LAN the probes fail and it stays at 1452.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(JUMBO_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
@@ -41,8 +46,62 @@ fn server_config(tls: &TlsMaterial) -> std::io::Result<quinn::ServerConfig> {
 }
 
 /// A QUIC endpoint serving the tunnel server on `addr` (UDP).
-pub fn server_endpoint(addr: SocketAddr, tls: &TlsMaterial) -> std::io::Result<Endpoint> {
-    Endpoint::server(server_config(tls)?, addr)
+///
+/// `reset_key` keys stateless resets. It is kept across restarts (in the
+/// state directory), so after a restart this gateway's resets are ones its
+/// peers can verify: they drop the dead connection at once and reconnect,
+/// instead of waiting for the idle timeout.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+    reset_key: &[u8],
+) -> std::io::Result<Endpoint> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // Connection ids carry a keyed check; with the key kept too, a restarted
+    // endpoint recognises its predecessor's ids and answers them with a reset
+    // instead of dropping them silently.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&reset_key[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(addr)?;
+    Endpoint::new(
+        config,
+        Some(server_config(tls)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// The stateless-reset key in `state_dir`, created (0600) on first use.
+pub fn reset_key(state_dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let path = state_dir.join("quic-reset.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() == 32 => return Ok(k),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{}: not a 32-byte key",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ));
+        }
+    }
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| std::io::Error::other("no randomness for the quic reset key"))?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", state_dir.display())))?;
+    ward_pki::write_file(&path, &key, 0o600).map_err(std::io::Error::other)?;
+    Ok(key.to_vec())
 }
 
 /// Install new TLS material on a serving endpoint.
@@ -99,13 +158,31 @@ impl QuicPool {
         // Held across the connect so concurrent flows to one peer share one handshake.
         let mut peers = self.peers.lock().await;
         if let Some(p) = peers.get(identity) {
-            if p.conn.close_reason().is_none() {
-                let conn = p.conn.clone();
+            let conn = p.conn.clone();
+            if conn.close_reason().is_none() {
                 drop(peers);
-                return conn.open_bi().await.map_err(|e| e.to_string());
+                match conn.open_bi().await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        info!(peer = identity, reason = %e, "quic connection lost; reconnecting")
+                    }
+                }
+                peers = self.peers.lock().await;
+            } else {
+                info!(peer = identity, "quic connection lost; reconnecting");
             }
-            info!(peer = identity, "quic connection lost; reconnecting");
-            peers.remove(identity);
+            if peers
+                .get(identity)
+                .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+            {
+                peers.remove(identity);
+            }
+        }
+        if let Some(p) = peers.get(identity) {
+            // Another flow reconnected meanwhile.
+            let conn = p.conn.clone();
+            drop(peers);
+            return conn.open_bi().await.map_err(|e| e.to_string());
         }
         let tls = self.tls.lock().expect("quic tls lock poisoned").clone();
         let crypto = tls.peer_client(identity).map_err(|e| e.to_string())?;

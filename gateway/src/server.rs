@@ -139,6 +139,7 @@ impl Gateway {
         limits: Limits,
         clock: Clock,
         quic_bind: Option<IpAddr>,
+        reset_key: &[u8],
     ) -> Result<Gateway, BindError> {
         let mut plain = Vec::new();
         let mut access = Vec::new();
@@ -166,11 +167,12 @@ impl Gateway {
                     what: "tunnel server (tls)",
                     source,
                 })?;
-                let ep = quic::server_endpoint(addr, &tls).map_err(|source| BindError {
-                    addr,
-                    what: "tunnel server (quic)",
-                    source,
-                })?;
+                let ep =
+                    quic::server_endpoint(addr, &tls, reset_key).map_err(|source| BindError {
+                        addr,
+                        what: "tunnel server (quic)",
+                        source,
+                    })?;
                 (Some(tcp), Some(ep))
             }
             None => (None, None),

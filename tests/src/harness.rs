@@ -145,7 +145,9 @@ impl Wardd {
     /// Start `wardd --config config` with its log at `log`, and wait until it
     /// logs that it is ready. Panics with the log if it does not.
     pub fn start(config: &Path, log: &Path) -> Wardd {
-        Self::start_with(config, log, "info,ward_gateway=debug")
+        let filter =
+            std::env::var("WARDTEST_WARD_LOG").unwrap_or_else(|_| "info,ward_gateway=debug".into());
+        Self::start_with(config, log, &filter)
     }
 
     /// [`Wardd::start`] with a `WARD_LOG` filter of the caller's choice.
@@ -256,7 +258,10 @@ pub fn write_config(
     let text = format!(
         "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = false\n",
         policy.display(),
-        path.parent().expect("dir").display(),
+        path.parent()
+            .expect("dir")
+            .join(format!("state-{name}"))
+            .display(),
         ca.ca.cert_path().display(),
         tls.cert.display(),
         tls.key.display(),

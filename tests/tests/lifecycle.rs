@@ -252,3 +252,29 @@ fn reload_rejects_bad_policy_and_shutdown_drains() {
     assert_eq!(edge.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(edge.log().contains("closing the remaining connections"));
 }
+
+/// The hub restarts: the edge's pooled QUIC connection is dead, its next
+/// flow reconnects (the hub's stateless reset, keyed from its state
+/// directory, tells the edge at once).
+#[test]
+fn quic_reconnects_after_hub_restart() {
+    let site = Site::new("quic-restart", &SiteOptions::default());
+    echo_server(site.echo);
+    let hub = site.start_hub();
+    let mut edge = site.start_edge("");
+    let mut first = connect(site.echo_quic);
+    echo(&mut first, "before").expect("quic flow up");
+    drop(first);
+    drop(hub);
+    let _hub = site.start_hub();
+    let start = Instant::now();
+    let mut again = connect(site.echo_quic);
+    echo(&mut again, "after")
+        .unwrap_or_else(|e| panic!("no quic flow after the hub restart: {e}\n{}", edge.log()));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "reconnect took {:?}",
+        start.elapsed()
+    );
+    edge.wait_log("quic connection lost; reconnecting", Duration::from_secs(1));
+}
