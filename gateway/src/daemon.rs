@@ -199,7 +199,33 @@ pub fn reload(
     shared.set_plan(plan.clone());
     shared.set_tls(Arc::new(tls));
     let revoked = shared.close_revoked();
-    // Tunnels the new policy no longer allows are closed.
+    // Tunnels the new policy no longer allows are closed: flows it dropped,
+    // and every flow of a device it quarantines.
+    let quarantined = |device: &str| plan.devices.get(device).is_some_and(|d| d.quarantined);
+    let cut: std::collections::HashSet<&str> = plan
+        .outbound
+        .values()
+        .filter(|f| quarantined(&f.device))
+        .map(|f| f.name.as_str())
+        .chain(
+            plan.tunnels
+                .values()
+                .filter(|t| t.quarantined)
+                .map(|t| t.name.as_str()),
+        )
+        .chain(
+            plan.access
+                .iter()
+                .filter(|a| quarantined(&a.device))
+                .map(|a| a.flow.as_str()),
+        )
+        .collect();
+    let isolated = shared
+        .registry
+        .cancel_where(|l| cut.contains(l.flow.as_str()));
+    for l in &isolated {
+        warn!(flow = %l.flow, src = %l.source, "closing connection: device quarantined");
+    }
     let gone = shared.registry.cancel_where(|l| {
         !(plan.outbound.contains_key(&l.flow)
             || plan.tunnels.contains_key(&l.flow)
@@ -209,11 +235,19 @@ pub fn reload(
         warn!(flow = %l.flow, src = %l.source, "closing connection: flow no longer in the policy");
     }
     info!(
+        revision = %plan_hash(&plan),
         closed_revoked = revoked,
+        closed_quarantined = isolated.len(),
         closed_removed = gone.len(),
         "reload applied"
     );
     Ok(())
+}
+
+/// A short fingerprint of the applied ruleset, to tell revisions apart in logs.
+fn plan_hash(plan: &Plan) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, plan.to_nft_json().as_bytes());
+    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mtimes(config: &Config) -> Vec<Option<SystemTime>> {

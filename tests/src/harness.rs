@@ -152,11 +152,20 @@ impl Wardd {
 
     /// [`Wardd::start`] with a `WARD_LOG` filter of the caller's choice.
     pub fn start_with(config: &Path, log: &Path, filter: &str) -> Wardd {
+        let mut cmd = Command::new(binary("wardd"));
+        cmd.arg("--config").arg(config);
+        Wardd::spawn(&mut cmd, config, log, Some(filter))
+    }
+
+    /// Spawn `cmd` (a `wardd` invocation) with its stderr in `log`, and wait
+    /// until it is ready.
+    pub fn spawn(cmd: &mut Command, config: &Path, log: &Path, filter: Option<&str>) -> Wardd {
         let file = std::fs::File::create(log).expect("create log");
-        let child = Command::new(binary("wardd"))
-            .arg("--config")
-            .arg(config)
-            .env("WARD_LOG", filter)
+        let filter = filter.map(str::to_owned).unwrap_or_else(|| {
+            std::env::var("WARDTEST_WARD_LOG").unwrap_or_else(|_| "info,ward_gateway=debug".into())
+        });
+        cmd.env("WARD_LOG", filter);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

@@ -8,6 +8,7 @@
 //! - [`harness`]: temp dirs, the test CA, real `wardd` processes.
 //! - [`peers`]: dcmtk, the `hl7` package's MLLP tools, an echo server.
 //! - [`site`]: a two-gateway site on loopback.
+//! - [`topology`]: the example hospital in network namespaces.
 //!
 //! # What this crate does not do
 //! It is not shipped: `publish = false`, and nothing in `wardd` depends on it.
@@ -20,3 +21,4 @@ pub mod netns;
 pub mod peers;
 pub mod site;
 pub mod synthetic;
+pub mod topology;

@@ -1,0 +1,308 @@
+//! The example hospital in network namespaces, with the real policy
+//! (`policy/examples/hospital.toml`), real `wardd` processes applying real
+//! nftables rulesets, and real protocol peers.
+//!
+//! ```text
+//!  ct   198.51.100.2/28  ─ dev0 ┐
+//!  pump1 198.51.100.18/28 ─ dev1 ├ edge (edge-01) ─ lan0 192.0.2.10 ┐
+//!  pump2 198.51.100.34/28 ─ dev2 │                                  ├ lan (bridge; hosts .50 .123 .200)
+//!  mon  198.51.100.50/28  ─ dev3 ┘             hub (hub-dc-01) ─ lan0 192.0.2.20 ┘
+//!                                              hub ─ srv0 203.0.113.1 ─ srv (PACS .5, HL7 engine .6)
+//! ```
+//!
+//! Every namespace has a unique name and is deleted on drop, also on panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use ward_pki::{Issued, Kind};
+
+use crate::harness::{TempDir, TestCa, Wardd, binary};
+use crate::netns::{Netns, Skip};
+
+/// The example policy.
+pub const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../policy/examples/hospital.toml"
+);
+
+/// Namespaces and files of one hospital.
+pub struct Hospital {
+    /// Scratch directory (certificates, configs, logs, captures).
+    pub dir: TempDir,
+    /// Site CA (trust domain of the example).
+    pub ca: TestCa,
+    /// The policy file the gateways run (a copy of the example, editable).
+    pub policy: PathBuf,
+    /// CT scanner.
+    pub ct: Netns,
+    /// Infusion pump 1.
+    pub pump1: Netns,
+    /// Infusion pump 2.
+    pub pump2: Netns,
+    /// Patient monitor.
+    pub monitor: Netns,
+    /// Edge gateway.
+    pub edge: Netns,
+    /// The hospital LAN (a bridge, with LAN hosts on it).
+    pub lan: Netns,
+    /// Hub gateway.
+    pub hub: Netns,
+    /// Data-centre servers (PACS, HL7 engine).
+    pub srv: Netns,
+    edge_cert: Issued,
+    hub_cert: Issued,
+}
+
+fn ip(ns: &Netns, args: &str) {
+    let argv: Vec<&str> = std::iter::once("ip")
+        .chain(args.split_whitespace())
+        .collect();
+    ns.run(&argv);
+}
+
+/// Connect `a:a_if` and `b:b_if` with a veth pair.
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    let out = Command::new("ip")
+        .args([
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
+        ])
+        .output()
+        .expect("ip link add");
+    assert!(
+        out.status.success(),
+        "veth {a_if}/{b_if}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ip(a, &format!("link set {a_if} up"));
+    ip(b, &format!("link set {b_if} up"));
+}
+
+impl Hospital {
+    /// Build the topology (nothing runs yet). Skips (or fails under CI=true)
+    /// when namespaces cannot be created.
+    pub fn build(tag: &str) -> Result<Hospital, Skip> {
+        let ct = Netns::new(&format!("{tag}-ct"))?;
+        let pump1 = Netns::new(&format!("{tag}-p1"))?;
+        let pump2 = Netns::new(&format!("{tag}-p2"))?;
+        let monitor = Netns::new(&format!("{tag}-mon"))?;
+        let edge = Netns::new(&format!("{tag}-edge"))?;
+        let lan = Netns::new(&format!("{tag}-lan"))?;
+        let hub = Netns::new(&format!("{tag}-hub"))?;
+        let srv = Netns::new(&format!("{tag}-srv"))?;
+
+        for (dev, i, net, mac) in [
+            (&ct, 0, "198.51.100.2/28", "02:00:00:00:00:02"),
+            (&pump1, 1, "198.51.100.18/28", "02:00:00:00:00:12"),
+            (&pump2, 2, "198.51.100.34/28", "02:00:00:00:00:22"),
+            (&monitor, 3, "198.51.100.50/28", "02:00:00:00:00:32"),
+        ] {
+            veth(&edge, &format!("dev{i}"), dev, "eth0");
+            ip(dev, &format!("link set eth0 address {mac}"));
+            ip(dev, &format!("addr add {net} dev eth0"));
+            let gw = match i {
+                0 => "198.51.100.1",
+                1 => "198.51.100.17",
+                2 => "198.51.100.33",
+                _ => "198.51.100.49",
+            };
+            ip(&edge, &format!("addr add {gw}/28 dev dev{i}"));
+            ip(dev, &format!("route add default via {gw}"));
+        }
+        // The LAN: a bridge with the gateways' uplinks and a few LAN hosts.
+        ip(&lan, "link add br0 type bridge");
+        ip(&lan, "link set br0 up");
+        veth(&edge, "lan0", &lan, "to-edge");
+        veth(&hub, "lan0", &lan, "to-hub");
+        ip(&lan, "link set to-edge master br0");
+        ip(&lan, "link set to-hub master br0");
+        ip(&edge, "addr add 192.0.2.10/24 dev lan0");
+        ip(&hub, "addr add 192.0.2.20/24 dev lan0");
+        for host in ["192.0.2.50/24", "192.0.2.123/24", "192.0.2.200/24"] {
+            ip(&lan, &format!("addr add {host} dev br0"));
+        }
+        // LAN hosts would answer devices directly if the edge forwarded.
+        ip(&lan, "route add 198.51.100.0/24 via 192.0.2.10");
+        // The hub's protected server segment.
+        veth(&hub, "srv0", &srv, "eth0");
+        ip(&hub, "addr add 203.0.113.1/24 dev srv0");
+        ip(&srv, "addr add 203.0.113.5/24 dev eth0");
+        ip(&srv, "addr add 203.0.113.6/24 dev eth0");
+        ip(&srv, "route add default via 203.0.113.1");
+        for gw in [&edge, &hub] {
+            gw.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
+
+        let dir = TempDir::new(tag);
+        let mut ca = TestCa::new(&dir, "st-mary.example");
+        let edge_cert = ca.issue(Kind::Gateway, "edge-01");
+        let hub_cert = ca.issue(Kind::Gateway, "hub-dc-01");
+        let policy = dir.join("policy.toml");
+        std::fs::copy(EXAMPLE, &policy).expect("copy example policy");
+        Ok(Hospital {
+            dir,
+            ca,
+            policy,
+            ct,
+            pump1,
+            pump2,
+            monitor,
+            edge,
+            lan,
+            hub,
+            srv,
+            edge_cert,
+            hub_cert,
+        })
+    }
+
+    fn config(&self, name: &str, cert: &Issued, extra: &str) -> PathBuf {
+        let path = self.dir.join(&format!("{name}.toml"));
+        let text = format!(
+            "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = true\n",
+            self.policy.display(),
+            self.dir.join(&format!("state-{name}")).display(),
+            self.ca.ca.cert_path().display(),
+            cert.cert.display(),
+            cert.key.display(),
+            self.ca.ca.crl_path().display(),
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Start the hub in its namespace.
+    pub fn start_hub(&self) -> Wardd {
+        let cfg = self.config("hub-dc-01", &self.hub_cert, "");
+        Wardd::start_in(self.hub.name(), &cfg, &self.dir.join("hub.log"))
+    }
+
+    /// Start the edge in its namespace; `extra` goes into its configuration.
+    pub fn start_edge(&self, extra: &str) -> Wardd {
+        let cfg = self.config("edge-01", &self.edge_cert, extra);
+        Wardd::start_in(self.edge.name(), &cfg, &self.dir.join("edge.log"))
+    }
+
+    /// Rewrite the running policy with `edit` applied to the example.
+    pub fn edit_policy(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(EXAMPLE).expect("example");
+        std::fs::write(&self.policy, edit(text)).expect("write policy");
+    }
+
+    /// Issue a client certificate.
+    pub fn client(&mut self, name: &str) -> Issued {
+        self.ca.issue(Kind::Client, name)
+    }
+
+    /// The edge's per-device drop counter (packets).
+    pub fn drops(&self, device: &str) -> u64 {
+        let nft = ward_gateway::nft::Nft::in_netns(self.edge.name());
+        nft.list_counters()
+            .expect("list counters")
+            .into_iter()
+            .find(|c| c.name == format!("dev_{device}"))
+            .map_or(0, |c| c.packets)
+    }
+}
+
+/// A command run inside namespace `ns`.
+pub fn cmd_in(ns: &Netns, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns.name(), program]);
+    c
+}
+
+/// A background process in a namespace, killed on drop.
+pub struct Bg(pub Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// dcmtk `storescp` in `ns` on `port`, storing into `out`.
+pub fn storescp_in(ns: &Netns, port: u16, out: &Path, extra: &[&str]) -> Bg {
+    std::fs::create_dir_all(out).expect("storescp dir");
+    let child = cmd_in(ns, "storescp")
+        .arg("--output-directory")
+        .arg(out)
+        .arg("--bit-preserving")
+        // No resolver answers inside the test namespaces: a reverse lookup
+        // of each peer would stall the association.
+        .arg("--disable-host-lookup")
+        .args(extra)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn storescp");
+    wait_listen(ns, port);
+    Bg(child)
+}
+
+/// Wait until something listens on TCP `port` in `ns`.
+pub fn wait_listen(ns: &Netns, port: u16) {
+    for _ in 0..100 {
+        let out = ns.exec(&["ss", "-Hltn", &format!("sport = :{port}")]);
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port} in {}", ns.name());
+}
+
+/// dcmtk `storescu` in `ns`.
+pub fn storescu_in(ns: &Netns, host: &str, port: u16, file: &Path, extra: &[&str]) -> Output {
+    cmd_in(ns, "storescu")
+        .args(["-aec", "PACS", "-aet", "CT2"])
+        .args(["-to", "5", "-ta", "10", "-td", "10"])
+        .args(extra)
+        .arg(host)
+        .arg(port.to_string())
+        .arg(file)
+        .output()
+        .expect("run storescu")
+}
+
+/// Whether `ns` can ping `addr` (one packet, one second).
+pub fn pings(ns: &Netns, addr: &str) -> bool {
+    ns.exec(&["ping", "-c1", "-W1", addr]).status.success()
+}
+
+/// Whether a TCP connect from `ns` to `addr:port` succeeds within 2 s.
+pub fn tcp_connects(ns: &Netns, addr: &str, port: u16) -> bool {
+    ns.exec(&["nc", "-z", "-w2", addr, &port.to_string()])
+        .status
+        .success()
+}
+
+impl Wardd {
+    /// Start `wardd` inside network namespace `ns`.
+    pub fn start_in(ns: &str, config: &Path, log: &Path) -> Wardd {
+        Wardd::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", ns])
+                .arg(binary("wardd"))
+                .arg("--config")
+                .arg(config),
+            config,
+            log,
+            None,
+        )
+    }
+}
