@@ -49,12 +49,15 @@ impl Drop for TempDir {
 }
 
 fn target_dir() -> PathBuf {
-    // Test binaries live in target/<profile>/deps.
+    // Test and bench binaries live in target/<profile>/deps, the demo in
+    // target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_owned()
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// Path of a workspace binary. The first call in a test process runs

@@ -120,6 +120,10 @@ impl Hospital {
             };
             ip(&edge, &format!("addr add {gw}/28 dev dev{i}"));
             ip(dev, &format!("route add default via {gw}"));
+            // These legacy devices speak IPv4 only (as the policy requires);
+            // without this, IPv6 autoconfiguration chatter would show up in
+            // their drop counters.
+            dev.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         }
         // The LAN: a bridge with the gateways' uplinks and a few LAN hosts.
         ip(&lan, "link add br0 type bridge");
@@ -215,6 +219,68 @@ impl Hospital {
             .find(|c| c.name == format!("dev_{device}"))
             .map_or(0, |c| c.packets)
     }
+}
+
+const MLLP_SERVER: &str = r#"
+import asyncio, sys
+from hl7.mllp import start_hl7_server
+async def process(reader, writer):
+    try:
+        while not writer.is_closing():
+            m = await reader.readmessage()
+            writer.writemessage(m.create_ack())
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        writer.close()
+async def main():
+    async with await start_hl7_server(process, sys.argv[1], int(sys.argv[2])) as s:
+        await s.serve_forever()
+asyncio.run(main())
+"#;
+
+/// The HL7 engine: an MLLP server (the `hl7` package) answering ACKs, at 203.0.113.6:2575.
+pub fn hl7_engine(h: &Hospital) -> Bg {
+    let script = h.dir.join("mllp_server.py");
+    std::fs::write(&script, MLLP_SERVER).expect("write script");
+    let child = cmd_in(&h.srv, "python3")
+        .arg(&script)
+        .args(["203.0.113.6", "2575"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3");
+    wait_listen(&h.srv, 2575);
+    Bg(child)
+}
+
+/// `mllp_send` from `ns` to `host:2575`; returns its stdout (the ACK).
+pub fn mllp_send(h: &Hospital, ns: &Netns, host: &str, control: &str) -> String {
+    let file = h.dir.join(&format!("{control}.hl7"));
+    std::fs::write(
+        &file,
+        format!("\x0b{}\x1c\r", crate::peers::hl7_message(control)),
+    )
+    .expect("write message");
+    let out = cmd_in(ns, "mllp_send")
+        .args(["--port", "2575", "--file"])
+        .arg(&file)
+        .arg(host)
+        .output()
+        .expect("mllp_send");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tcpdump capture of `iface` in `ns` into `file`, stopped on drop.
+pub fn capture(ns: &Netns, iface: &str, file: &std::path::Path) -> Bg {
+    let child = cmd_in(ns, "tcpdump")
+        .args(["-i", iface, "-U", "-s", "0", "-w"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    // tcpdump reports "listening on" once the capture runs.
+    std::thread::sleep(Duration::from_millis(1000));
+    Bg(child)
 }
 
 /// A command run inside namespace `ns`.

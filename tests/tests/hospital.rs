@@ -2,13 +2,14 @@
 //! real `wardd` processes with real nftables, real DICOM and HL7 peers.
 //! Needs root; skips elsewhere, fails under CI=true.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use ward_tests::harness::TempDir;
-use ward_tests::netns::Netns;
-use ward_tests::peers::{dataset, hl7_message, make_dicom, stored_file};
-use ward_tests::topology::{Bg, Hospital, cmd_in, pings, storescp_in, storescu_in, tcp_connects};
+use ward_tests::peers::{dataset, make_dicom, stored_file};
+use ward_tests::topology::{
+    Bg, Hospital, capture, cmd_in, hl7_engine, mllp_send, pings, storescp_in, storescu_in,
+    tcp_connects,
+};
 
 macro_rules! hospital {
     ($tag:expr) => {
@@ -17,61 +18,6 @@ macro_rules! hospital {
             Err(_) => return,
         }
     };
-}
-
-const MLLP_SERVER: &str = r#"
-import asyncio, sys
-from hl7.mllp import start_hl7_server
-async def process(reader, writer):
-    try:
-        while not writer.is_closing():
-            m = await reader.readmessage()
-            writer.writemessage(m.create_ack())
-            await writer.drain()
-    except asyncio.IncompleteReadError:
-        writer.close()
-async def main():
-    async with await start_hl7_server(process, sys.argv[1], int(sys.argv[2])) as s:
-        await s.serve_forever()
-asyncio.run(main())
-"#;
-
-fn hl7_engine(h: &Hospital) -> Bg {
-    let script = h.dir.join("mllp_server.py");
-    std::fs::write(&script, MLLP_SERVER).expect("write script");
-    let child = cmd_in(&h.srv, "python3")
-        .arg(&script)
-        .args(["203.0.113.6", "2575"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("python3");
-    ward_tests::topology::wait_listen(&h.srv, 2575);
-    Bg(child)
-}
-
-fn mllp_send(h: &Hospital, ns: &Netns, host: &str, control: &str) -> String {
-    let file = h.dir.join(&format!("{control}.hl7"));
-    std::fs::write(&file, format!("\x0b{}\x1c\r", hl7_message(control))).expect("write message");
-    let out = cmd_in(ns, "mllp_send")
-        .args(["--port", "2575", "--file"])
-        .arg(&file)
-        .arg(host)
-        .output()
-        .expect("mllp_send");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn capture(ns: &Netns, iface: &str, file: &std::path::Path) -> Bg {
-    let child = cmd_in(ns, "tcpdump")
-        .args(["-i", iface, "-U", "-s", "0", "-w"])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    // tcpdump reports "listening on" once the capture runs.
-    std::thread::sleep(Duration::from_millis(1000));
-    Bg(child)
 }
 
 /// A long DICOM association: echoscu repeating C-ECHO, its log in `log`.
