@@ -199,20 +199,77 @@ fn monitor_mode_passes_and_counts() {
     h.edit_policy(|p| p.replace("mode = \"enforce\"", "mode = \"monitor\""));
     let _hub = h.start_hub();
     let _edge = h.start_edge("");
-    let before = h.drops("ct-scanner-2");
+    // LAN services for the direct attempts to reach.
+    let _tcp = Bg(cmd_in(&h.lan, "nc")
+        .args(["-l", "-k", "192.0.2.50", "8080"])
+        .spawn()
+        .expect("nc"));
+    let udp_log = h.dir.join("udp.txt");
+    let _udp = Bg(cmd_in(&h.lan, "nc")
+        .args(["-u", "-l", "192.0.2.50", "514"])
+        .stdout(std::fs::File::create(&udp_log).expect("udp log"))
+        .spawn()
+        .expect("nc -u"));
+    ward_tests::topology::wait_listen(&h.lan, 8080);
+    let mut last = h.drops("ct-scanner-2");
+    let mut counted = |what: &str| {
+        let now = h.drops("ct-scanner-2");
+        assert!(
+            now > last,
+            "{what} passed but was not counted as would-drop ({last} -> {now})"
+        );
+        last = now;
+    };
+    assert!(
+        tcp_connects(&h.ct, "192.0.2.50", 8080),
+        "monitor mode dropped direct TCP"
+    );
+    counted("direct tcp");
+    let _ = cmd_in(&h.ct, "sh")
+        .args(["-c", "echo would-drop | nc -u -w1 192.0.2.50 514"])
+        .output();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::fs::read_to_string(&udp_log)
+            .unwrap_or_default()
+            .contains("would-drop"),
+        "monitor mode dropped direct UDP"
+    );
+    counted("direct udp");
     assert!(
         pings(&h.ct, "192.0.2.50"),
         "monitor mode dropped direct ICMP"
     );
+    counted("direct icmp");
     assert!(
         pings(&h.ct, "198.51.100.18"),
         "monitor mode dropped lateral ICMP"
     );
-    let after = h.drops("ct-scanner-2");
+    counted("lateral");
+    // A spoofed source cannot get answers back (they route to the real
+    // owner), so check that the datagram arrives.
+    let spoof_log = h.dir.join("spoof.txt");
+    let _spoof = Bg(cmd_in(&h.lan, "nc")
+        .args(["-u", "-l", "192.0.2.50", "515"])
+        .stdout(std::fs::File::create(&spoof_log).expect("spoof log"))
+        .spawn()
+        .expect("nc -u"));
+    std::thread::sleep(Duration::from_millis(300));
+    h.ct.run(&["ip", "addr", "add", "198.51.100.18/32", "dev", "eth0"]);
+    let _ = cmd_in(&h.ct, "sh")
+        .args([
+            "-c",
+            "echo spoofed | nc -u -w1 -s 198.51.100.18 192.0.2.50 515",
+        ])
+        .output();
+    std::thread::sleep(Duration::from_millis(300));
     assert!(
-        after >= before + 2,
-        "would-drops not counted: {before} -> {after}"
+        std::fs::read_to_string(&spoof_log)
+            .unwrap_or_default()
+            .contains("spoofed"),
+        "monitor mode dropped a spoofed source"
     );
+    counted("spoofed source");
     let log = h
         .edge
         .exec(&["nft", "list", "chain", "inet", "ward", "drop_ct-scanner-2"]);
