@@ -154,7 +154,7 @@ pub fn run(args: CaArgs, json: bool) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("{question} needs confirmation: pass --yes");
     }

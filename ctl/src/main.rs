@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod online;
 mod policy;
 
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ struct Cli {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// The admin socket of the wardd to talk to.
+    #[arg(long, global = true, env = "WARD_SOCKET", default_value = ward_api::DEFAULT_SOCKET)]
+    socket: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,6 +36,16 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// Run the site CA: init, issue, revoke, crl, show (offline).
     Ca(ca::CaArgs),
+    /// The gateway's status: identity, mode, policy revision, last reload.
+    Status,
+    /// Devices behind the gateway; quarantine and release.
+    #[command(subcommand)]
+    Device(online::DeviceCommand),
+    /// Live flows through the gateway.
+    #[command(subcommand)]
+    Flow(online::FlowCommand),
+    /// Reload configuration, policy and certificates (like SIGHUP).
+    Reload,
 }
 
 /// Process exit codes, from sysexits.h where one fits.
@@ -43,6 +57,8 @@ pub enum Exit {
     Failure = 1,
     /// Invalid policy or data (EX_DATAERR).
     DataErr = 65,
+    /// The daemon cannot be reached (EX_UNAVAILABLE).
+    Unavailable = 69,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +66,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy::run(cmd, cli.json),
         Command::Ca(args) => ca::run(args, cli.json),
+        Command::Status => online::run(online::Verb::Status, cli.socket, cli.json),
+        Command::Device(c) => online::run(online::Verb::Device(c), cli.socket, cli.json),
+        Command::Flow(c) => online::run(online::Verb::Flow(c), cli.socket, cli.json),
+        Command::Reload => online::run(online::Verb::Reload, cli.socket, cli.json),
     };
     let code = match result {
         Ok(code) => code,

@@ -47,6 +47,8 @@ struct Raw {
     fake_now: Option<String>,
     /// Loopback address to use as the source for outgoing QUIC (defaults to unspecified).
     quic_bind: Option<String>,
+    /// Admin API socket.
+    admin_socket: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +98,7 @@ impl Default for Raw {
             nft: RawNft { apply: true },
             fake_now: None,
             quic_bind: None,
+            admin_socket: ward_api::DEFAULT_SOCKET.into(),
         }
     }
 }
@@ -134,6 +137,8 @@ pub struct Config {
     pub fake_now: Option<i64>,
     /// Source address for outgoing QUIC.
     pub quic_bind: Option<IpAddr>,
+    /// Admin API socket.
+    pub admin_socket: PathBuf,
 }
 
 /// Command-line values that override every other layer.
@@ -260,6 +265,7 @@ impl Config {
             apply_nft: raw.nft.apply,
             fake_now,
             quic_bind,
+            admin_socket: raw.admin_socket.into(),
         })
     }
 }

@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use ward_policy::{Plan, Severity, ValidateOptions};
 
 use crate::config::{Config, ConfigError, Overrides};
+use crate::control::Control;
 use crate::nft::Nft;
 use crate::server::{Clock, Gateway, Shared};
 use crate::tls::{TlsError, TlsMaterial};
@@ -105,6 +106,10 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     let tls = Arc::new(TlsMaterial::load(&config.tls, &plan.identity)?);
+    // Devices an admin quarantined before a restart stay quarantined.
+    let runtime_quarantine = crate::control::load_runtime_quarantine(&config.state_dir);
+    let base = plan.clone();
+    let plan = Arc::new(plan.with_quarantine(runtime_quarantine.iter().map(String::as_str)));
     let nft = Nft::default();
     if config.apply_nft {
         let applied = nft
@@ -112,6 +117,7 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
             .map_err(|e| StartError::Other(format!("applying the ruleset: {e}")))?;
         info!(
             elapsed_ms = applied.elapsed.as_millis() as u64,
+            revision = %crate::control::revision(&plan),
             "ruleset applied: table inet ward"
         );
     } else {
@@ -122,6 +128,12 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
     let clock = config.fake_now.map_or(Clock::System, Clock::Fixed);
     let reset_key = crate::quic::reset_key(&config.state_dir)
         .map_err(|e| StartError::Other(format!("state: {e}")))?;
+    let admin = crate::admin::bind(&config.admin_socket).map_err(|e| {
+        StartError::Other(format!(
+            "admin socket {}: {e}",
+            config.admin_socket.display()
+        ))
+    })?;
     let gateway = Gateway::bind(
         plan.clone(),
         tls.clone(),
@@ -132,11 +144,12 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
     )
     .await
     .map_err(|e| StartError::Other(e.to_string()))?;
-    let addrs: Vec<String> = gateway
+    let mut addrs: Vec<String> = gateway
         .local_addrs()
         .iter()
         .map(|(what, a)| format!("{what}={a}"))
         .collect();
+    addrs.push(format!("admin={}", config.admin_socket.display()));
     info!(
         version = env!("CARGO_PKG_VERSION"),
         gateway = %plan.gateway,
@@ -147,6 +160,16 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
     );
     let shared = gateway.shared();
     let shutdown = CancellationToken::new();
+    let control = Arc::new(Control::new(
+        shared.clone(),
+        &config,
+        config_file.clone(),
+        overrides.clone(),
+        base,
+        runtime_quarantine,
+        addrs,
+    ));
+    crate::admin::spawn_admin(admin, control.clone(), shutdown.clone());
     let serving = tokio::spawn(gateway.run(shutdown.clone()));
     spawn_tls_watch(shared.clone(), config.clone(), shutdown.clone());
 
@@ -160,94 +183,15 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
             _ = hup.recv() => {
                 let span = tracing::info_span!("reload", trigger = "SIGHUP");
                 let _e = span.enter();
-                match reload(&shared, config_file.as_deref(), &overrides, &nft) {
-                    Ok(()) => {}
-                    Err(e) => error!(error = %e, "reload rejected; the running policy, ruleset and certificates stay"),
-                }
+                control.reload("SIGHUP");
             }
         }
     }
     shutdown.cancel();
     let _ = serving.await;
+    let _ = std::fs::remove_file(&config.admin_socket);
     info!("wardd stopped; the ruleset stays in place (fail closed)");
     Ok(())
-}
-
-/// Load configuration, policy and TLS off to the side; only when everything
-/// is valid (and the ruleset applied) swap them in.
-pub fn reload(
-    shared: &Shared,
-    config_file: Option<&Path>,
-    overrides: &Overrides,
-    nft: &Nft,
-) -> Result<(), StartError> {
-    let config = Config::load(config_file, overrides)?;
-    let plan = load_plan(&config)?;
-    let tls = TlsMaterial::load(&config.tls, &plan.identity)?;
-    let old = shared.plan();
-    if old.listeners != plan.listeners || old.tunnel_server != plan.tunnel_server {
-        return Err(StartError::Other(
-            "the new policy changes this gateway's listening addresses; restart wardd to apply it"
-                .into(),
-        ));
-    }
-    if config.apply_nft {
-        nft.apply_json(&plan.to_nft_json())
-            .map_err(|e| StartError::Other(format!("applying the ruleset: {e}")))?;
-    }
-    let plan = Arc::new(plan);
-    shared.set_plan(plan.clone());
-    shared.set_tls(Arc::new(tls));
-    let revoked = shared.close_revoked();
-    // Tunnels the new policy no longer allows are closed: flows it dropped,
-    // and every flow of a device it quarantines.
-    let quarantined = |device: &str| plan.devices.get(device).is_some_and(|d| d.quarantined);
-    let cut: std::collections::HashSet<&str> = plan
-        .outbound
-        .values()
-        .filter(|f| quarantined(&f.device))
-        .map(|f| f.name.as_str())
-        .chain(
-            plan.tunnels
-                .values()
-                .filter(|t| t.quarantined)
-                .map(|t| t.name.as_str()),
-        )
-        .chain(
-            plan.access
-                .iter()
-                .filter(|a| quarantined(&a.device))
-                .map(|a| a.flow.as_str()),
-        )
-        .collect();
-    let isolated = shared
-        .registry
-        .cancel_where(|l| cut.contains(l.flow.as_str()));
-    for l in &isolated {
-        warn!(flow = %l.flow, src = %l.source, "closing connection: device quarantined");
-    }
-    let gone = shared.registry.cancel_where(|l| {
-        !(plan.outbound.contains_key(&l.flow)
-            || plan.tunnels.contains_key(&l.flow)
-            || plan.access.iter().any(|a| a.flow == l.flow))
-    });
-    for l in &gone {
-        warn!(flow = %l.flow, src = %l.source, "closing connection: flow no longer in the policy");
-    }
-    info!(
-        revision = %plan_hash(&plan),
-        closed_revoked = revoked,
-        closed_quarantined = isolated.len(),
-        closed_removed = gone.len(),
-        "reload applied"
-    );
-    Ok(())
-}
-
-/// A short fingerprint of the applied ruleset, to tell revisions apart in logs.
-fn plan_hash(plan: &Plan) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, plan.to_nft_json().as_bytes());
-    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mtimes(config: &Config) -> Vec<Option<SystemTime>> {

@@ -7,7 +7,9 @@
 //!
 //! # Layout
 //! - [`config`]: figment layers into a validated [`config::Config`].
-//! - [`daemon`]: start (validate before binding), reload, TLS file watch, shutdown.
+//! - [`daemon`]: start (validate before binding), TLS file watch, shutdown.
+//! - [`control`]: reload, runtime quarantine, the admin views; [`admin`]: the
+//!   admin API on a Unix socket.
 //! - [`server`]: the listener kinds and the tunnel server; [`quic`]: the QUIC transport.
 //! - [`proto`]: the `ward/1` open frame; [`relay`]: both-way copy with half-close,
 //!   idle timeout and counters; [`registry`]: live connections and limits.
@@ -23,8 +25,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod bufio;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod nft;
 pub mod proto;

@@ -44,6 +44,8 @@ pub struct FlowStats {
     pub active: AtomicU64,
     /// Bytes, both directions.
     pub bytes: Arc<Totals>,
+    /// When a connection last opened (Unix seconds; 0: never).
+    pub last_opened: AtomicU64,
 }
 
 /// One live connection.
@@ -152,6 +154,10 @@ impl Registry {
             return None;
         }
         stats.opened.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        stats.last_opened.store(now, Ordering::Relaxed);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.live
             .lock()

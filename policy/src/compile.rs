@@ -218,6 +218,29 @@ pub struct DevicePlan {
     pub quarantined: bool,
     /// Name of its nft drop counter.
     pub counter: String,
+    /// Inventory record.
+    pub inventory: Inventory,
+}
+
+/// What the policy says about a device beyond its addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Inventory {
+    /// Human-readable name.
+    pub name: Option<String>,
+    /// Device class.
+    pub class: Option<String>,
+    /// Manufacturer.
+    pub vendor: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Firmware.
+    pub firmware: Option<String>,
+    /// Support stage (kebab-case, IMDRF N70).
+    pub support: Option<String>,
+    /// End of support, YYYY-MM-DD.
+    pub support_ends: Option<String>,
+    /// Known vulnerabilities.
+    pub vulnerabilities: Vec<String>,
 }
 
 /// A raw exception, resolved to addresses.
@@ -357,6 +380,29 @@ impl Plan {
         }
     }
 
+    /// This plan with `devices` quarantined in addition to what the policy
+    /// quarantines (an admin's runtime action): the devices' flags, the
+    /// tunnel flows of those devices, and the ruleset. Unknown ids are ignored.
+    pub fn with_quarantine<'a>(&self, devices: impl IntoIterator<Item = &'a str>) -> Plan {
+        let mut plan = self.clone();
+        let mut changed = false;
+        for id in devices {
+            if let Some(d) = plan.devices.get_mut(id)
+                && !d.quarantined
+            {
+                d.quarantined = true;
+                changed = true;
+            }
+            for t in plan.tunnels.values_mut().filter(|t| t.device == id) {
+                t.quarantined = true;
+            }
+        }
+        if changed {
+            plan.nft = crate::nft::ruleset(&plan);
+        }
+        plan
+    }
+
     /// The nftables batch that replaces table `inet ward` in one transaction.
     pub fn nft(&self) -> &nftables::schema::Nftables<'static> {
         &self.nft
@@ -400,6 +446,23 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                     interface: d.interface.value.clone(),
                     quarantined: quarantined(&d.id.value),
                     counter: device_counter(&d.id.value),
+                    inventory: Inventory {
+                        name: d.name.clone(),
+                        class: d.class.clone(),
+                        vendor: d.vendor.clone(),
+                        model: d.model.clone(),
+                        firmware: d.firmware.clone(),
+                        support: d.support.as_ref().and_then(|s| {
+                            serde_json::to_value(s.stage)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                        }),
+                        support_ends: d
+                            .support
+                            .as_ref()
+                            .and_then(|s| s.ends.map(|e| e.to_string())),
+                        vulnerabilities: d.vulnerabilities.clone(),
+                    },
                 },
             )
         })

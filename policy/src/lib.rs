@@ -36,7 +36,7 @@ mod parse;
 mod validate;
 
 pub use compile::{
-    AccessRule, CompileError, Denied, DevicePlan, ExceptionPlan, Listener, ListenerKind,
+    AccessRule, CompileError, Denied, DevicePlan, ExceptionPlan, Inventory, Listener, ListenerKind,
     OutboundFlow, Plan, Route, Target, TunnelFlow, compile, device_counter,
 };
 pub use diag::{Diagnostic, Severity};

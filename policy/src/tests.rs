@@ -494,3 +494,30 @@ fn unknown_gateway_compile() {
         "gateway \"edge-1\" is not defined in the policy (did you mean \"edge-01\"?)"
     );
 }
+
+/// A runtime quarantine marks the device, its tunnel flows and the ruleset,
+/// exactly like the policy's quarantine list.
+#[test]
+fn runtime_quarantine_matches_policy_quarantine() {
+    let edge = compile(&example(), "edge-01")
+        .expect("edge")
+        .with_quarantine(["ct-scanner-2"]);
+    let text = EXAMPLE.replace("quarantine = []", "quarantine = [\"ct-scanner-2\"]");
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    assert_eq!(
+        edge.to_nft_json(),
+        compile(&p, "edge-01").expect("edge").to_nft_json()
+    );
+    let hub = compile(&example(), "hub-dc-01")
+        .expect("hub")
+        .with_quarantine(["ct-scanner-2"]);
+    assert_eq!(
+        hub.authorize_tunnel(
+            "spiffe://st-mary.example/gateway/edge-01",
+            "ct2-to-pacs",
+            "ct-scanner-2"
+        )
+        .unwrap_err(),
+        Denied::Quarantined
+    );
+}

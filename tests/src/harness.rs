@@ -268,11 +268,15 @@ pub fn write_config(
     extra: &str,
 ) {
     let text = format!(
-        "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = false\n",
+        "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = false\n",
         policy.display(),
         path.parent()
             .expect("dir")
             .join(format!("state-{name}"))
+            .display(),
+        path.parent()
+            .expect("dir")
+            .join(format!("{name}.sock"))
             .display(),
         ca.ca.cert_path().display(),
         tls.cert.display(),

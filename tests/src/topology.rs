@@ -175,9 +175,10 @@ impl Hospital {
     fn config(&self, name: &str, cert: &Issued, extra: &str) -> PathBuf {
         let path = self.dir.join(&format!("{name}.toml"));
         let text = format!(
-            "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = true\n",
+            "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = true\n",
             self.policy.display(),
             self.dir.join(&format!("state-{name}")).display(),
+            self.socket(name).display(),
             self.ca.ca.cert_path().display(),
             cert.cert.display(),
             cert.key.display(),
@@ -185,6 +186,11 @@ impl Hospital {
         );
         std::fs::write(&path, text).expect("write config");
         path
+    }
+
+    /// The admin socket of gateway `name`.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir.join(&format!("{name}.sock"))
     }
 
     /// Start the hub in its namespace.

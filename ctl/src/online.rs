@@ -1,0 +1,328 @@
+//! Online verbs: `status`, `device`, `flow`, `reload`, over the admin socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use ward_api::{ApiError, Device, Flow, ReloadResult, Status};
+
+use crate::Exit;
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Devices behind this gateway: address, quarantine, drops, connections.
+    List,
+    /// One device with its inventory.
+    Show {
+        /// Device id.
+        id: String,
+    },
+    /// Drop all traffic of a device now, established connections included.
+    Quarantine {
+        /// Device id.
+        id: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Lift a quarantine made with `device quarantine`.
+    Release {
+        /// Device id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowCommand {
+    /// Live connections: flow, peer, source, bytes each way, age.
+    List {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+/// A failure talking to `wardd`.
+#[derive(Debug)]
+pub enum CallError {
+    /// The socket could not be reached (exit 69).
+    Unreachable(String),
+    /// `wardd` answered with an error.
+    Api(StatusCode, String),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+async fn call(socket: &Path, method: Method, path: &str) -> Result<(StatusCode, Bytes), CallError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        CallError::Unreachable(format!("cannot reach wardd at {}: {e}", socket.display()))
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            CallError::Unreachable(format!(
+                "wardd at {} does not speak the admin API: {e}",
+                socket.display()
+            ))
+        })?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "wardd")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| CallError::Other(e.into()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| CallError::Other(e.into()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CallError::Other(e.into()))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(status: StatusCode, body: &Bytes) -> Result<T, CallError> {
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<ApiError>(body)
+            .map_or_else(|_| String::from_utf8_lossy(body).into_owned(), |e| e.error);
+        return Err(CallError::Api(status, msg));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| CallError::Other(anyhow::anyhow!("unexpected answer from wardd: {e}")))
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    method: Method,
+    path: &str,
+) -> Result<(T, Bytes), CallError> {
+    let (status, body) = rt.block_on(call(socket, method, path))?;
+    let v = parse(status, &body)?;
+    Ok((v, body))
+}
+
+/// Which online verb.
+pub enum Verb {
+    /// `status`.
+    Status,
+    /// `device ...`.
+    Device(DeviceCommand),
+    /// `flow ...`.
+    Flow(FlowCommand),
+    /// `reload`.
+    Reload,
+}
+
+pub fn run(verb: Verb, socket: PathBuf, json: bool) -> anyhow::Result<Exit> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match run_inner(&rt, verb, &socket, json) {
+        Ok(()) => Ok(Exit::Ok),
+        Err(CallError::Unreachable(msg)) => {
+            eprintln!("wardctl: {msg}");
+            Ok(Exit::Unavailable)
+        }
+        Err(CallError::Api(status, msg)) => {
+            eprintln!("wardctl: wardd refused ({status}): {msg}");
+            Ok(if status == StatusCode::NOT_FOUND {
+                Exit::DataErr
+            } else {
+                Exit::Failure
+            })
+        }
+        Err(CallError::Other(e)) => Err(e),
+    }
+}
+
+fn out(json: bool, body: &Bytes, human: impl FnOnce()) {
+    if json {
+        println!("{}", String::from_utf8_lossy(body).trim_end());
+    } else {
+        human();
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn print_devices(devices: &[Device]) {
+    println!(
+        "{:<16} {:<15} {:<18} {:<6} {:<11} {:>8} {:>5}  flows",
+        "DEVICE", "ADDRESS", "MAC", "PORT", "STATE", "DROPS", "CONNS"
+    );
+    for d in devices {
+        println!(
+            "{:<16} {:<15} {:<18} {:<6} {:<11} {:>8} {:>5}  {}",
+            d.id,
+            d.ip,
+            d.mac,
+            d.interface,
+            if d.quarantined { "QUARANTINED" } else { "ok" },
+            d.drops,
+            d.connections,
+            d.flows.join(",")
+        );
+    }
+}
+
+fn print_flows(flows: &[Flow]) {
+    println!(
+        "{:<22} {:<9} {:<22} {:<44} {:>10} {:>10} {:>6}",
+        "FLOW", "LEG", "SOURCE", "PEER", "UP", "DOWN", "AGE"
+    );
+    for f in flows {
+        println!(
+            "{:<22} {:<9} {:<22} {:<44} {:>10} {:>10} {:>5}s",
+            f.flow,
+            f.leg,
+            f.source,
+            f.peer.as_deref().unwrap_or("-"),
+            bytes(f.bytes_up),
+            bytes(f.bytes_down),
+            f.age_secs
+        );
+    }
+    if flows.is_empty() {
+        println!("(no live connections)");
+    }
+}
+
+fn run_inner(
+    rt: &tokio::runtime::Runtime,
+    verb: Verb,
+    socket: &Path,
+    json: bool,
+) -> Result<(), CallError> {
+    match verb {
+        Verb::Status => {
+            let (s, body): (Status, _) = get(rt, socket, Method::GET, "/v1/status")?;
+            out(json, &body, || {
+                println!("gateway      {} ({})", s.gateway, s.identity);
+                println!("version      {}", s.version);
+                println!("mode         {}", s.mode);
+                println!("policy       {} (revision {})", s.policy_file, s.revision);
+                println!("uptime       {}s", s.uptime_secs);
+                println!("connections  {}", s.connections);
+                println!(
+                    "quarantined  {}",
+                    if s.quarantined.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        s.quarantined.join(", ")
+                    }
+                );
+                println!(
+                    "certificate  expires {}",
+                    time::OffsetDateTime::from_unix_timestamp(s.certificate_not_after)
+                        .map_or("?".into(), |t| t.date().to_string())
+                );
+                match &s.last_reload {
+                    Some(r) if r.ok => {
+                        println!("last reload  ok ({}, revision {})", r.trigger, r.revision)
+                    }
+                    Some(r) => println!(
+                        "last reload  REJECTED ({}): {}",
+                        r.trigger,
+                        r.error.as_deref().unwrap_or("")
+                    ),
+                    None => println!("last reload  none"),
+                }
+                println!("listening    {}", s.listeners.join(" "));
+            });
+        }
+        Verb::Device(DeviceCommand::List) => {
+            let (d, body): (Vec<Device>, _) = get(rt, socket, Method::GET, "/v1/devices")?;
+            out(json, &body, || print_devices(&d));
+        }
+        Verb::Device(DeviceCommand::Show { id }) => {
+            let (d, body): (Device, _) =
+                get(rt, socket, Method::GET, &format!("/v1/devices/{id}"))?;
+            out(json, &body, || {
+                print_devices(std::slice::from_ref(&d));
+                let i = &d.inventory;
+                println!();
+                for (k, v) in [
+                    ("name", &i.name),
+                    ("class", &i.class),
+                    ("vendor", &i.vendor),
+                    ("model", &i.model),
+                    ("firmware", &i.firmware),
+                    ("support", &i.support),
+                    ("support ends", &i.support_ends),
+                ] {
+                    if let Some(v) = v {
+                        println!("{k:<14} {v}");
+                    }
+                }
+                if !i.vulnerabilities.is_empty() {
+                    println!("{:<14} {}", "vulnerabilities", i.vulnerabilities.join(", "));
+                }
+            });
+        }
+        Verb::Device(DeviceCommand::Quarantine { id, yes }) => {
+            if !yes
+                && !crate::ca::confirm(&format!(
+                    "quarantine {id:?}: drop all its traffic now, open connections included?"
+                ))
+                .map_err(CallError::Other)?
+            {
+                return Err(CallError::Other(anyhow::anyhow!("not quarantined")));
+            }
+            let (d, body): (Device, _) = get(
+                rt,
+                socket,
+                Method::POST,
+                &format!("/v1/devices/{id}/quarantine"),
+            )?;
+            out(json, &body, || {
+                println!("{} quarantined: all its traffic is dropped", d.id)
+            });
+        }
+        Verb::Device(DeviceCommand::Release { id }) => {
+            let (d, body): (Device, _) = get(
+                rt,
+                socket,
+                Method::POST,
+                &format!("/v1/devices/{id}/release"),
+            )?;
+            out(json, &body, || println!("{} released", d.id));
+        }
+        Verb::Flow(FlowCommand::List { watch }) => loop {
+            let (f, body): (Vec<Flow>, _) = get(rt, socket, Method::GET, "/v1/flows")?;
+            if watch && !json {
+                print!("\x1b[2J\x1b[H");
+            }
+            out(json, &body, || print_flows(&f));
+            if !watch {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        },
+        Verb::Reload => {
+            let (r, body): (ReloadResult, _) = get(rt, socket, Method::POST, "/v1/reload")?;
+            out(json, &body, || {
+                println!("reload applied: revision {}", r.revision)
+            });
+        }
+    }
+    Ok(())
+}

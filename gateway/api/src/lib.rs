@@ -1,0 +1,123 @@
+//! `ward-api`: the admin API's wire types, shared by `wardd` (which serves
+//! them as JSON on its Unix socket) and `wardctl` (which prints them, as
+//! tables or with `--json` as they are), so the two cannot drift apart.
+//!
+//! # Endpoints (HTTP/1.1, JSON, `/run/ward/admin.sock`)
+//! - `GET /live`, `GET /ready`
+//! - `GET /v1/status` → [`Status`]
+//! - `GET /v1/devices` → `[Device]`, `GET /v1/devices/{id}` → [`Device`]
+//! - `GET /v1/flows` → `[Flow]` (live connections)
+//! - `GET /v1/policy` → the compiled plan of this gateway
+//! - `POST /v1/reload` → [`ReloadResult`]
+//! - `POST /v1/devices/{id}/quarantine`, `POST /v1/devices/{id}/release` → [`Device`]
+//!
+//! Errors are [`ApiError`] with a status code: 400 bad request, 404 unknown
+//! path or device, 409 rejected (e.g. a reload that failed validation),
+//! 500 internal.
+//!
+//! # What this crate does not do
+//! No I/O: it is data only.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+pub use ward_policy::Inventory;
+
+/// Default admin socket.
+pub const DEFAULT_SOCKET: &str = "/run/ward/admin.sock";
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// `wardd` version.
+    pub version: String,
+    /// Gateway name.
+    pub gateway: String,
+    /// Gateway identity.
+    pub identity: String,
+    /// `enforce` or `monitor`.
+    pub mode: String,
+    /// Policy file.
+    pub policy_file: String,
+    /// Fingerprint of the ruleset in force (SHA-256 prefix).
+    pub revision: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// The last reload, if any.
+    pub last_reload: Option<ReloadResult>,
+    /// Bound addresses, `kind=addr`.
+    pub listeners: Vec<String>,
+    /// Devices quarantined now (policy and runtime).
+    pub quarantined: Vec<String>,
+    /// Live connections.
+    pub connections: usize,
+    /// Expiry of the gateway's certificate (Unix seconds).
+    pub certificate_not_after: i64,
+}
+
+/// Outcome of a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    /// Whether it was applied.
+    pub ok: bool,
+    /// When (Unix seconds).
+    pub at: u64,
+    /// What triggered it (`SIGHUP`, `api uid=N`).
+    pub trigger: String,
+    /// Revision in force afterwards.
+    pub revision: String,
+    /// Why it was rejected.
+    pub error: Option<String>,
+}
+
+/// A device behind this gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Id.
+    pub id: String,
+    /// Address.
+    pub ip: String,
+    /// MAC.
+    pub mac: String,
+    /// Interface.
+    pub interface: String,
+    /// Quarantined now.
+    pub quarantined: bool,
+    /// Packets dropped (or, in monitor mode, that would have been).
+    pub drops: u64,
+    /// Flows it may use.
+    pub flows: Vec<String>,
+    /// Live connections now.
+    pub connections: usize,
+    /// Last connection through Ward (Unix seconds), since start.
+    pub last_seen: Option<u64>,
+    /// Inventory.
+    pub inventory: Inventory,
+}
+
+/// A live connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// Flow name.
+    pub flow: String,
+    /// `outbound`, `tunnel` or `access`.
+    pub leg: String,
+    /// Peer identity (gateway, client or TLS server name).
+    pub peer: Option<String>,
+    /// Source address.
+    pub source: String,
+    /// Bytes from the device (or client) side.
+    pub bytes_up: u64,
+    /// Bytes towards the device (or client) side.
+    pub bytes_down: u64,
+    /// Seconds open.
+    pub age_secs: u64,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+}
