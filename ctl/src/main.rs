@@ -46,6 +46,19 @@ enum Command {
     Flow(online::FlowCommand),
     /// Reload configuration, policy and certificates (like SIGHUP).
     Reload,
+    /// Check the audit trail's hash chain (offline).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the chain and name the first record altered, removed or reordered.
+    Verify {
+        /// Audit trail (JSON lines).
+        #[arg(default_value = "/var/lib/ward/audit.jsonl")]
+        file: std::path::PathBuf,
+    },
 }
 
 /// Process exit codes, from sysexits.h where one fits.
@@ -61,6 +74,32 @@ pub enum Exit {
     Unavailable = 69,
 }
 
+fn audit_verify(file: &std::path::Path, json: bool) -> anyhow::Result<Exit> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading audit trail {}", file.display()))?;
+    let result = ward_api::audit::verify(&text);
+    if json {
+        let v = match &result {
+            Ok(n) => serde_json::json!({"file": file, "ok": true, "records": n}),
+            Err(e) => serde_json::json!({"file": file, "ok": false, "error": e.to_string()}),
+        };
+        println!("{v}");
+    }
+    match result {
+        Ok(n) => {
+            if !json {
+                println!("{}: {n} records, chain intact", file.display());
+            }
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            eprintln!("{}: chain broken: {e}", file.display());
+            Ok(Exit::DataErr)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -70,6 +109,7 @@ fn main() -> ExitCode {
         Command::Device(c) => online::run(online::Verb::Device(c), cli.socket, cli.json),
         Command::Flow(c) => online::run(online::Verb::Flow(c), cli.socket, cli.json),
         Command::Reload => online::run(online::Verb::Reload, cli.socket, cli.json),
+        Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file, cli.json),
     };
     let code = match result {
         Ok(code) => code,

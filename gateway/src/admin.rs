@@ -81,6 +81,10 @@ async fn route(
         (Method::GET, ["v1", "flows"]) => Ok(json(StatusCode::OK, &control.flows())),
         (Method::GET, ["v1", "policy"]) => Ok(json(StatusCode::OK, &*control.shared.plan())),
         (Method::POST, ["v1", "reload"]) => {
+            control
+                .shared
+                .audit
+                .record("admin", "reload", serde_json::json!({"uid": uid}));
             let r = control.reload(&format!("api uid={uid}"));
             if r.ok {
                 Ok(json(StatusCode::OK, &r))
@@ -90,11 +94,13 @@ async fn route(
         }
         (Method::POST, ["v1", "devices", id, "quarantine"]) => {
             info!(uid, device = id, "admin: quarantine");
-            control.quarantine(id).map(|d| json(StatusCode::OK, &d))
+            control
+                .quarantine(id, uid)
+                .map(|d| json(StatusCode::OK, &d))
         }
         (Method::POST, ["v1", "devices", id, "release"]) => {
             info!(uid, device = id, "admin: release");
-            control.release(id).map(|d| json(StatusCode::OK, &d))
+            control.release(id, uid).map(|d| json(StatusCode::OK, &d))
         }
         (
             _,

@@ -125,6 +125,11 @@ impl Control {
                 }
             }
         };
+        self.shared.audit.record(
+            "policy",
+            if result.ok { "applied" } else { "rejected" },
+            serde_json::json!({"trigger": trigger, "revision": result.revision, "error": result.error}),
+        );
         *self.last_reload.lock().expect("lock poisoned") = Some(result.clone());
         result
     }
@@ -209,7 +214,7 @@ impl Control {
     }
 
     /// Quarantine a device now: all its traffic dropped, its connections cut.
-    pub fn quarantine(&self, id: &str) -> Result<Device, AdminError> {
+    pub fn quarantine(&self, id: &str, uid: u32) -> Result<Device, AdminError> {
         let _guard = self.apply_lock.lock().expect("apply lock poisoned");
         if !self.shared.plan().devices.contains_key(id) {
             return Err(AdminError::NoDevice(id.to_owned()));
@@ -228,12 +233,13 @@ impl Control {
         self.shared.set_plan(plan.clone());
         let closed = self.close_quarantined(&plan);
         warn!(device = id, closed, "device quarantined");
+        self.shared.audit.record("admin", "quarantine", serde_json::json!({"device": id, "uid": uid, "closed": closed, "revision": revision(&plan)}));
         self.device(id)
     }
 
     /// Lift a runtime quarantine. A quarantine the policy itself declares
     /// stays until the policy changes.
-    pub fn release(&self, id: &str) -> Result<Device, AdminError> {
+    pub fn release(&self, id: &str, uid: u32) -> Result<Device, AdminError> {
         let _guard = self.apply_lock.lock().expect("apply lock poisoned");
         let base = self.base.lock().expect("lock poisoned").clone();
         let Some(d) = base.devices.get(id) else {
@@ -255,6 +261,11 @@ impl Control {
         self.apply(&plan).map_err(AdminError::Rejected)?;
         self.save_runtime_quarantine(&set)?;
         *self.runtime_quarantine.lock().expect("lock poisoned") = set;
+        self.shared.audit.record(
+            "admin",
+            "release",
+            serde_json::json!({"device": id, "uid": uid, "revision": revision(&plan)}),
+        );
         self.shared.set_plan(plan);
         info!(device = id, "device released");
         self.device(id)

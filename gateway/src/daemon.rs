@@ -134,6 +134,16 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
             config.admin_socket.display()
         ))
     })?;
+    let audit_path = config.state_dir.join("audit.jsonl");
+    let audit =
+        Arc::new(crate::audit::Audit::open(&audit_path).map_err(|e| {
+            StartError::Other(format!("audit trail {}: {e}", audit_path.display()))
+        })?);
+    audit.record(
+        "policy",
+        "applied",
+        serde_json::json!({"trigger": "start", "revision": crate::control::revision(&plan), "policy": config.policy.display().to_string(), "nft": config.apply_nft}),
+    );
     let gateway = Gateway::bind(
         plan.clone(),
         tls.clone(),
@@ -141,6 +151,7 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         clock,
         config.quic_bind,
         &reset_key,
+        audit.clone(),
     )
     .await
     .map_err(|e| StartError::Other(e.to_string()))?;
@@ -224,6 +235,11 @@ fn spawn_tls_watch(shared: Arc<Shared>, config: Config, shutdown: CancellationTo
             match TlsMaterial::load(&config.tls, &identity) {
                 Ok(tls) => {
                     let revoked = tls.revoked.len();
+                    shared.audit.record(
+                        "certificate",
+                        "reloaded",
+                        serde_json::json!({"crl_entries": revoked, "not_after": tls.not_after}),
+                    );
                     shared.set_tls(Arc::new(tls));
                     let closed = shared.close_revoked();
                     info!(

@@ -9,7 +9,7 @@
 //! - [`config`]: figment layers into a validated [`config::Config`].
 //! - [`daemon`]: start (validate before binding), TLS file watch, shutdown.
 //! - [`control`]: reload, runtime quarantine, the admin views; [`admin`]: the
-//!   admin API on a Unix socket.
+//!   admin API on a Unix socket; [`audit`]: the hash-chained audit trail.
 //! - [`server`]: the listener kinds and the tunnel server; [`quic`]: the QUIC transport.
 //! - [`proto`]: the `ward/1` open frame; [`relay`]: both-way copy with half-close,
 //!   idle timeout and counters; [`registry`]: live connections and limits.
@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
 pub mod bufio;
 pub mod config;
 pub mod control;

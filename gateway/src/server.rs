@@ -78,6 +78,8 @@ pub struct Shared {
     quic: QuicPool,
     quic_server: Option<quinn::Endpoint>,
     clock: Clock,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl Shared {
@@ -116,6 +118,7 @@ impl Shared {
             .cancel_where(|l| l.peer_serial.as_deref().is_some_and(|s| tls.is_revoked(s)));
         for l in &cut {
             warn!(flow = %l.flow, peer = l.peer.as_deref().unwrap_or(""), src = %l.source, "closing tunnel: peer certificate revoked");
+            self.audit.record("certificate", "revoked-peer-closed", serde_json::json!({"flow": l.flow, "peer": l.peer, "serial": l.peer_serial, "src": l.source.to_string()}));
         }
         self.quic.close_revoked(&tls);
         cut.len()
@@ -140,6 +143,7 @@ impl Gateway {
         clock: Clock,
         quic_bind: Option<IpAddr>,
         reset_key: &[u8],
+        audit: Arc<crate::audit::Audit>,
     ) -> Result<Gateway, BindError> {
         let mut plain = Vec::new();
         let mut access = Vec::new();
@@ -191,6 +195,7 @@ impl Gateway {
             quic,
             quic_server: tunnel_quic.clone(),
             clock,
+            audit,
         });
         Ok(Gateway {
             shared,
@@ -341,6 +346,7 @@ async fn handle_plain(
         Ok(f) => f.clone(),
         Err(denied) => {
             warn!(%src, %dst, reason = %denied, "device connection refused");
+            shared.audit.record("flow", "denied", serde_json::json!({"leg": "outbound", "src": src.to_string(), "dst": dst.to_string(), "reason": denied.to_string()}));
             return;
         }
     };
@@ -384,7 +390,12 @@ async fn handle_plain(
         };
         let totals = shared.registry.flow(&flow.name).bytes.clone();
         let device = stream.into_split();
-        let end = match connect_far(&flow, src, &shared).await {
+        let far = connect_far(&flow, src, &shared).await;
+        match &far {
+            Ok(_) => shared.audit.record("flow", "allowed", serde_json::json!({"flow": flow.name, "leg": "outbound", "device": flow.device, "src": src.to_string()})),
+            Err(e) => shared.audit.record("flow", "failed", serde_json::json!({"flow": flow.name, "leg": "outbound", "device": flow.device, "src": src.to_string(), "reason": e.to_string()})),
+        }
+        let end = match far {
             Ok(Far::Tls(s)) => {
                 debug!("far end connected");
                 relay::relay(
@@ -631,6 +642,7 @@ fn spawn_tunnel_tcp_listener(
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         warn!(peer = %peer_addr, reason = %e, "tunnel handshake failed");
+                        shared.audit.record("handshake", "failed", serde_json::json!({"listener": "tunnel", "peer_addr": peer_addr.to_string(), "reason": e.to_string()}));
                         return;
                     }
                     Err(_) => {
@@ -704,6 +716,7 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
             Err(denied) => {
                 shared.registry.denied(&open.flow);
                 warn!(device = %open.device, reason = %denied, "tunnel refused");
+                shared.audit.record("flow", "denied", serde_json::json!({"flow": open.flow, "leg": "tunnel", "peer": peer, "device": open.device, "src": open.source.to_string(), "reason": denied.to_string()}));
                 let _ = proto::write_frame(&mut w, &Answer::Deny(denied.code()).encode()).await;
                 return;
             }
@@ -743,6 +756,7 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
             return;
         }
         debug!("tunnel opened");
+        shared.audit.record("flow", "allowed", serde_json::json!({"flow": flow.name, "leg": "tunnel", "peer": peer, "device": flow.device, "src": open.source.to_string()}));
         let totals = shared.registry.flow(&flow.name).bytes.clone();
         let end = relay::relay(
             (r, w),
@@ -879,6 +893,7 @@ async fn handle_access(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(%src, %listen, reason = %e, "client handshake failed");
+            shared.audit.record("handshake", "failed", serde_json::json!({"listener": listen.to_string(), "peer_addr": src.to_string(), "reason": e.to_string()}));
             return;
         }
         Err(_) => {
@@ -897,6 +912,7 @@ async fn handle_access(
         Ok(r) => r.clone(),
         Err(denied) => {
             warn!(%src, %listen, %peer, reason = %denied, "client refused");
+            shared.audit.record("flow", "denied", serde_json::json!({"leg": "access", "listener": listen.to_string(), "peer": peer, "src": src.to_string(), "reason": denied.to_string()}));
             return;
         }
     };
@@ -927,6 +943,7 @@ async fn handle_access(
             }
         };
         info!(device = %rule.device, "client connected to device");
+        shared.audit.record("flow", "allowed", serde_json::json!({"flow": rule.flow, "leg": "access", "peer": peer, "device": rule.device, "src": src.to_string()}));
         let totals = shared.registry.flow(&rule.flow).bytes.clone();
         let end = relay::relay(
             tokio::io::split(tls),

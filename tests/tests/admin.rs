@@ -135,3 +135,99 @@ fn wardctl_against_a_running_gateway() {
     assert_eq!(gone.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("/nonexistent/ward.sock"));
 }
+
+/// The audit trail records flow decisions, policy and admin actions, and
+/// `wardctl audit verify` accepts it, then names the first record altered,
+/// removed or reordered in tampered copies.
+#[test]
+fn audit_trail_chain() {
+    let site = Site::new("audit", &SiteOptions::default());
+    echo_server(site.echo);
+    let _hub = site.start_hub();
+    let _edge = site.start_edge("");
+    let sock = site.dir.join("edge-01.sock");
+    for i in 0..3 {
+        let mut s = TcpStream::connect(site.echo_tcp).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        echo(&mut s, &format!("PATIENT-DATA-{i}")).expect("echo");
+    }
+    assert!(
+        wardctl(&sock, &["device", "quarantine", "modality-1", "--yes"])
+            .status
+            .success()
+    );
+    assert!(
+        wardctl(&sock, &["device", "release", "modality-1"])
+            .status
+            .success()
+    );
+    let trail = site.dir.join("state-edge-01/audit.jsonl");
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&trail).expect("audit trail");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 6, "{text}");
+    assert!(text.contains(r#""action":"allowed""#) && text.contains(r#""flow":"echo-tcp""#));
+    assert!(
+        text.contains(r#""kind":"admin""#)
+            && text.contains(r#""action":"quarantine""#)
+            && text.contains(r#""uid":"#)
+    );
+    assert!(
+        !text.contains("PATIENT-DATA"),
+        "payload bytes in the audit trail"
+    );
+
+    let verify = |name: &str, body: &str| {
+        let p = site.dir.join(name);
+        std::fs::write(&p, body).expect("write");
+        Command::new(binary("wardctl"))
+            .args(["audit", "verify"])
+            .arg(&p)
+            .output()
+            .expect("wardctl")
+    };
+    let ok = verify("intact.jsonl", &text);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stdout)
+            .contains(&format!("{} records, chain intact", lines.len()))
+    );
+
+    let mut altered = lines.clone();
+    let changed = altered[1]
+        .replace("edge-01", "edge-99")
+        .replace("echo-tcp", "echo-xxx");
+    altered[1] = &changed;
+    let out = verify("altered.jsonl", &(altered.join("\n") + "\n"));
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("record 2 (line 2) was altered"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut removed = lines.clone();
+    removed.remove(2);
+    let out = verify("removed.jsonl", &(removed.join("\n") + "\n"));
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("record 3 is missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut reordered = lines.clone();
+    reordered.swap(1, 2);
+    let out = verify("reordered.jsonl", &(reordered.join("\n") + "\n"));
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("record 3 (line 2) is out of order"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

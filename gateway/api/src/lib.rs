@@ -15,11 +15,16 @@
 //! path or device, 409 rejected (e.g. a reload that failed validation),
 //! 500 internal.
 //!
+//! [`audit`] holds the audit trail's hash chain and its verification, shared
+//! by the daemon that writes the trail and `wardctl audit verify`.
+//!
 //! # What this crate does not do
-//! No I/O: it is data only.
+//! No I/O: it is data and pure functions only.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod audit;
 
 use serde::{Deserialize, Serialize};
 pub use ward_policy::Inventory;
