@@ -28,11 +28,12 @@ else
   echo "==> system packages present: ${packages[*]}"
 fi
 
-# The hl7 package's mllp_send and MLLP server are the HL7 peers in the tests.
-if ! python3 -c 'import hl7.mllp' 2>/dev/null || ! command -v mllp_send >/dev/null; then
-  echo "==> installing the Python hl7 package"
-  python3 -m pip install --quiet hl7 || python3 -m pip install --quiet --break-system-packages hl7
+# The hl7 package's mllp_send and MLLP server are the HL7 peers in the tests;
+# prometheus-client's parser reads the metrics page in the tests.
+if ! python3 -c 'import hl7.mllp, prometheus_client.parser' 2>/dev/null || ! command -v mllp_send >/dev/null; then
+  echo "==> installing the Python packages hl7 and prometheus-client"
+  python3 -m pip install --quiet hl7 prometheus-client || python3 -m pip install --quiet --break-system-packages hl7 prometheus-client
   command -v pyenv >/dev/null && pyenv rehash || true
 else
-  echo "==> python hl7 package present"
+  echo "==> python packages hl7 and prometheus-client present"
 fi

@@ -49,6 +49,8 @@ struct Raw {
     quic_bind: Option<String>,
     /// Admin API socket.
     admin_socket: String,
+    /// Prometheus metrics listener (loopback); empty disables it.
+    metrics_listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +101,7 @@ impl Default for Raw {
             fake_now: None,
             quic_bind: None,
             admin_socket: ward_api::DEFAULT_SOCKET.into(),
+            metrics_listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -139,6 +142,8 @@ pub struct Config {
     pub quic_bind: Option<IpAddr>,
     /// Admin API socket.
     pub admin_socket: PathBuf,
+    /// Prometheus metrics listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Command-line values that override every other layer.
@@ -242,6 +247,21 @@ impl Config {
                 None
             }
         });
+        let metrics_listen = if raw.metrics_listen.is_empty() {
+            None
+        } else {
+            match raw.metrics_listen.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errs.push(format!(
+                        "metrics_listen: {:?} is not an address with port, from {}",
+                        raw.metrics_listen,
+                        source("metrics_listen")
+                    ));
+                    None
+                }
+            }
+        };
         if !errs.is_empty() {
             return Err(ConfigError(errs));
         }
@@ -266,6 +286,7 @@ impl Config {
             fake_now,
             quic_bind,
             admin_socket: raw.admin_socket.into(),
+            metrics_listen,
         })
     }
 }

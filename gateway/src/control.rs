@@ -48,6 +48,8 @@ pub struct Control {
     last_reload: Mutex<Option<ReloadResult>>,
     // Serializes reload, quarantine and release: each applies a ruleset.
     apply_lock: Mutex<()>,
+    reloads_ok: std::sync::atomic::AtomicU64,
+    reloads_rejected: std::sync::atomic::AtomicU64,
 }
 
 /// Devices quarantined at runtime, kept in the state directory so a restart
@@ -86,6 +88,8 @@ impl Control {
             policy_file: config.policy.display().to_string(),
             last_reload: Mutex::new(None),
             apply_lock: Mutex::new(()),
+            reloads_ok: Default::default(),
+            reloads_rejected: Default::default(),
         }
     }
 
@@ -125,6 +129,12 @@ impl Control {
                 }
             }
         };
+        if result.ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_rejected
+        }
+        .fetch_add(1, Ordering::Relaxed);
         self.shared.audit.record(
             "policy",
             if result.ok { "applied" } else { "rejected" },
@@ -276,6 +286,14 @@ impl Control {
             .into_iter()
             .find(|d| d.id == id)
             .ok_or_else(|| AdminError::NoDevice(id.to_owned()))
+    }
+
+    /// Reloads applied and rejected since start.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_rejected.load(Ordering::Relaxed),
+        )
     }
 
     /// `GET /v1/status`.

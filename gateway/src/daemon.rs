@@ -134,6 +134,14 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
             config.admin_socket.display()
         ))
     })?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Other(format!("metrics listener {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let audit_path = config.state_dir.join("audit.jsonl");
     let audit =
         Arc::new(crate::audit::Audit::open(&audit_path).map_err(|e| {
@@ -161,6 +169,9 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         .map(|(what, a)| format!("{what}={a}"))
         .collect();
     addrs.push(format!("admin={}", config.admin_socket.display()));
+    if let Some(m) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+        addrs.push(format!("metrics={m}"));
+    }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         gateway = %plan.gateway,
@@ -181,6 +192,9 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         addrs,
     ));
     crate::admin::spawn_admin(admin, control.clone(), shutdown.clone());
+    if let Some(m) = metrics {
+        crate::metrics::spawn_metrics(m, control.clone(), shutdown.clone());
+    }
     let serving = tokio::spawn(gateway.run(shutdown.clone()));
     spawn_tls_watch(shared.clone(), config.clone(), shutdown.clone());
 

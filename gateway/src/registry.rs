@@ -76,6 +76,7 @@ pub struct Registry {
     live: Mutex<HashMap<u64, Live>>,
     flows: Mutex<HashMap<String, Arc<FlowStats>>>,
     sources: Mutex<HashMap<IpAddr, u32>>,
+    handshakes: Mutex<HashMap<&'static str, u64>>,
 }
 
 /// Removes its connection from the registry when dropped.
@@ -193,6 +194,29 @@ impl Registry {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Count a failed handshake by reason.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        *self
+            .handshakes
+            .lock()
+            .expect("registry lock poisoned")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Failed handshakes by reason, sorted.
+    pub fn handshake_failures(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<_> = self
+            .handshakes
+            .lock()
+            .expect("registry lock poisoned")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Statistics of every flow seen.

@@ -642,10 +642,12 @@ fn spawn_tunnel_tcp_listener(
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         warn!(peer = %peer_addr, reason = %e, "tunnel handshake failed");
+                        shared.registry.handshake_failed(crate::metrics::handshake_reason(&e.to_string()));
                         shared.audit.record("handshake", "failed", serde_json::json!({"listener": "tunnel", "peer_addr": peer_addr.to_string(), "reason": e.to_string()}));
                         return;
                     }
                     Err(_) => {
+                        shared.registry.handshake_failed("timeout");
                         warn!(peer = %peer_addr, reason = "handshake timed out", "tunnel handshake failed");
                         return;
                     }
@@ -800,6 +802,7 @@ fn spawn_tunnel_quic_listener(
                 let conn = match timeout(shared.limits.handshake_timeout, async { incoming.accept()?.await }).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
+                        shared.registry.handshake_failed(crate::metrics::handshake_reason(&e.to_string()));
                         warn!(peer = %peer_addr, reason = %e, "quic handshake failed");
                         return;
                     }
@@ -893,6 +896,9 @@ async fn handle_access(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(%src, %listen, reason = %e, "client handshake failed");
+            shared
+                .registry
+                .handshake_failed(crate::metrics::handshake_reason(&e.to_string()));
             shared.audit.record("handshake", "failed", serde_json::json!({"listener": listen.to_string(), "peer_addr": src.to_string(), "reason": e.to_string()}));
             return;
         }

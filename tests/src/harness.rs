@@ -183,6 +183,18 @@ impl Wardd {
         w
     }
 
+    /// The metrics address from the ready banner.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("wardd ready"))?;
+        let at = line.find("metrics=")? + "metrics=".len();
+        line[at..]
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -268,7 +280,7 @@ pub fn write_config(
     extra: &str,
 ) {
     let text = format!(
-        "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = false\n",
+        "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = false\n",
         policy.display(),
         path.parent()
             .expect("dir")

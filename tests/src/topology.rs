@@ -175,7 +175,7 @@ impl Hospital {
     fn config(&self, name: &str, cert: &Issued, extra: &str) -> PathBuf {
         let path = self.dir.join(&format!("{name}.toml"));
         let text = format!(
-            "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = true\n",
+            "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = true\n",
             self.policy.display(),
             self.dir.join(&format!("state-{name}")).display(),
             self.socket(name).display(),

@@ -231,3 +231,106 @@ fn audit_trail_chain() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+const PARSE_METRICS: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        key = s.name + "".join("|%s=%s" % kv for kv in sorted(s.labels.items()))
+        out[key] = s.value
+print(json.dumps(out))
+"#;
+
+/// The metrics page parses with Prometheus' own text parser and counts what
+/// happened: tunnels per flow, bytes each way, handshake failures by reason,
+/// reloads, certificate expiry.
+#[test]
+fn prometheus_metrics() {
+    let site = Site::new("metrics", &SiteOptions::default());
+    echo_server(site.echo);
+    let mut hub = site.start_hub();
+    let edge = site.start_edge("");
+    for i in 0..3 {
+        let mut s = TcpStream::connect(site.echo_tcp).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        echo(&mut s, &format!("metric-{i}")).expect("echo");
+    }
+    // One handshake without a client certificate at the hub.
+    let _ = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &site.hub_tunnel.to_string(),
+            "-alpn",
+            "ward/1",
+            "-tls1_3",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    hub.wait_log("peer sent no certificates", Duration::from_secs(5));
+    assert!(
+        wardctl(&site.dir.join("edge-01.sock"), &["reload"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let scrape = |w: &ward_tests::harness::Wardd| -> serde_json::Value {
+        let addr = w.metrics_addr().expect("metrics address in the banner");
+        let mut s = TcpStream::connect(addr).expect("connect metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .expect("request");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("response");
+        let body = resp.split_once("\r\n\r\n").expect("http body").1.to_owned();
+        let mut py = Command::new("python3")
+            .arg("-c")
+            .arg(PARSE_METRICS)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        py.stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write");
+        let out = py.wait_with_output().expect("parser");
+        assert!(
+            out.status.success(),
+            "prometheus parser rejected the page:\n{body}"
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let e = scrape(&edge);
+    assert_eq!(e["ward_tunnels_opened_total|flow=echo-tcp"], 3.0, "{e}");
+    assert_eq!(
+        e["ward_flow_bytes_total|direction=up|flow=echo-tcp"], 24.0,
+        "{e}"
+    );
+    assert_eq!(
+        e["ward_flow_bytes_total|direction=down|flow=echo-tcp"], 24.0,
+        "{e}"
+    );
+    assert_eq!(e["ward_reloads_total|result=ok"], 1.0, "{e}");
+    assert!(
+        e["ward_certificate_expiry_seconds"]
+            .as_f64()
+            .expect("expiry")
+            > 3600.0,
+        "{e}"
+    );
+    assert_eq!(
+        e["ward_info|gateway=edge-01|mode=enforce|version=0.1.0"], 1.0,
+        "{e}"
+    );
+    let h = scrape(&hub);
+    assert_eq!(
+        h["ward_handshake_failures_total|reason=no-certificate"], 1.0,
+        "{h}"
+    );
+    assert_eq!(h["ward_tunnels_opened_total|flow=echo-tcp"], 3.0, "{h}");
+}

@@ -1,0 +1,205 @@
+//! Prometheus text metrics on a loopback listener (`GET /metrics`).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::control::Control;
+
+/// Classify a handshake error for `ward_handshake_failures_total{reason}`.
+pub fn handshake_reason(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("no certificates") {
+        "no-certificate"
+    } else if e.contains("unknownissuer") {
+        "unknown-issuer"
+    } else if e.contains("badsignature") {
+        "bad-signature"
+    } else if e.contains("expired") {
+        "expired"
+    } else if e.contains("revoked") {
+        "revoked"
+    } else if e.contains("incompatible") || e.contains("version") {
+        "protocol"
+    } else if e.contains("timed out") {
+        "timeout"
+    } else {
+        "other"
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics page.
+pub fn render(control: &Control) -> String {
+    let mut o = String::new();
+    let status = control.status();
+    let _ = writeln!(
+        o,
+        "# HELP ward_info Gateway identity and mode.\n# TYPE ward_info gauge"
+    );
+    let _ = writeln!(
+        o,
+        "ward_info{{version=\"{}\",gateway=\"{}\",mode=\"{}\"}} 1",
+        escape(&status.version),
+        escape(&status.gateway),
+        escape(&status.mode)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP ward_policy_revision_info Revision of the ruleset in force.\n# TYPE ward_policy_revision_info gauge"
+    );
+    let _ = writeln!(
+        o,
+        "ward_policy_revision_info{{revision=\"{}\"}} 1",
+        escape(&status.revision)
+    );
+    let (ok, rejected) = control.reload_counts();
+    let _ = writeln!(
+        o,
+        "# HELP ward_reloads_total Reloads by result.\n# TYPE ward_reloads_total counter"
+    );
+    let _ = writeln!(o, "ward_reloads_total{{result=\"ok\"}} {ok}");
+    let _ = writeln!(o, "ward_reloads_total{{result=\"rejected\"}} {rejected}");
+
+    let stats = control.shared.registry.flow_stats();
+    let families: [(&str, &str, &str); 3] = [
+        (
+            "ward_tunnels_opened_total",
+            "counter",
+            "Connections accepted per flow.",
+        ),
+        (
+            "ward_tunnels_denied_total",
+            "counter",
+            "Connections refused per flow.",
+        ),
+        ("ward_tunnels_active", "gauge", "Connections open per flow."),
+    ];
+    for (i, (name, kind, help)) in families.iter().enumerate() {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (flow, s) in &stats {
+            let v = match i {
+                0 => s.opened.load(Ordering::Relaxed),
+                1 => s.denied.load(Ordering::Relaxed),
+                _ => s.active.load(Ordering::Relaxed),
+            };
+            let _ = writeln!(o, "{name}{{flow=\"{}\"}} {v}", escape(flow));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ward_flow_bytes_total Bytes per flow and direction (up: from the device or client).\n# TYPE ward_flow_bytes_total counter"
+    );
+    for (flow, s) in &stats {
+        let _ = writeln!(
+            o,
+            "ward_flow_bytes_total{{flow=\"{}\",direction=\"up\"}} {}",
+            escape(flow),
+            s.bytes.up.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "ward_flow_bytes_total{{flow=\"{}\",direction=\"down\"}} {}",
+            escape(flow),
+            s.bytes.down.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ward_handshake_failures_total Failed TLS and QUIC handshakes by reason.\n# TYPE ward_handshake_failures_total counter"
+    );
+    for (reason, n) in control.shared.registry.handshake_failures() {
+        let _ = writeln!(
+            o,
+            "ward_handshake_failures_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ward_device_drops_total Packets dropped per device (would-drop in monitor mode), from the nft counters.\n# TYPE ward_device_drops_total counter"
+    );
+    for d in control.devices() {
+        let _ = writeln!(
+            o,
+            "ward_device_drops_total{{device=\"{}\"}} {}",
+            escape(&d.id),
+            d.drops
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ward_device_quarantined Whether a device is quarantined.\n# TYPE ward_device_quarantined gauge"
+    );
+    for d in control.devices() {
+        let _ = writeln!(
+            o,
+            "ward_device_quarantined{{device=\"{}\"}} {}",
+            escape(&d.id),
+            u8::from(d.quarantined)
+        );
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let _ = writeln!(
+        o,
+        "# HELP ward_certificate_expiry_seconds Seconds until the gateway's certificate expires.\n# TYPE ward_certificate_expiry_seconds gauge"
+    );
+    let _ = writeln!(
+        o,
+        "ward_certificate_expiry_seconds {}",
+        status.certificate_not_after - now
+    );
+    o
+}
+
+/// Serve `/metrics` on `listener` until `shutdown`.
+pub fn spawn_metrics(listener: TcpListener, control: Arc<Control>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
+                },
+            };
+            let control = control.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let control = control.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            let body = tokio::task::block_in_place(|| render(&control));
+                            Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(body)))
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                        };
+                        Ok::<_, Infallible>(resp.expect("static response parts are valid"))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
