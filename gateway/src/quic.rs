@@ -218,6 +218,15 @@ impl QuicPool {
         conn.open_bi().await.map_err(|e| e.to_string())
     }
 
+    /// Whether the pooled connection to `identity` has closed.
+    pub async fn is_lost(&self, identity: &str) -> bool {
+        self.peers
+            .lock()
+            .await
+            .get(identity)
+            .is_none_or(|p| p.conn.close_reason().is_some())
+    }
+
     /// New TLS material: existing connections finish their streams; new
     /// flows reconnect with the new material.
     pub fn reset(&self, tls: Arc<TlsMaterial>) {

@@ -577,13 +577,32 @@ async fn connect_far(
                     Ok(Far::Tls(r.unsplit(w)))
                 }
                 ward_policy::model::Transport::Quic => {
-                    let (mut send, mut recv) = shared
-                        .quic
-                        .open_stream(gateway, identity, *addr, hs)
-                        .await
-                        .map_err(FarError::Quic)?;
-                    open_and_wait(&mut recv, &mut send, &open, identity, answer_within).await?;
-                    Ok(Far::Quic(send, recv))
+                    // A pooled connection can die between opening the stream
+                    // and the answer (a restarted peer resets it): then try
+                    // once more, on a fresh connection.
+                    let mut attempt = 0;
+                    loop {
+                        let (mut send, mut recv) = shared
+                            .quic
+                            .open_stream(gateway, identity, *addr, hs)
+                            .await
+                            .map_err(FarError::Quic)?;
+                        match open_and_wait(&mut recv, &mut send, &open, identity, answer_within)
+                            .await
+                        {
+                            Ok(()) => return Ok(Far::Quic(send, recv)),
+                            Err(FarError::NoAnswer { reason, .. })
+                                if attempt == 0 && shared.quic.is_lost(identity).await =>
+                            {
+                                debug!(
+                                    reason,
+                                    "quic connection lost before the answer; retrying on a new one"
+                                );
+                                attempt += 1;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
             }
         }
