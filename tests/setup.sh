@@ -14,6 +14,7 @@ packages=(
   openssl
   tcpdump
   python3-pip
+  systemd
 )
 
 missing=()

@@ -1,6 +1,8 @@
 //! `wardctl`: Ward's admin command line.
 //!
-//! Offline verbs (`policy check|compile|diff`) work on files without a daemon.
+//! Offline verbs (`policy check|compile|diff`, `ca`, `audit verify`) work on
+//! files without a daemon; online verbs (`status`, `device`, `flow`,
+//! `reload`) talk to `wardd`'s admin socket (`--socket`, `WARD_SOCKET`).
 //! stdout carries data, stderr diagnostics; `--json` prints machine-readable
 //! output. Exit codes (one exit point, [`Exit`]): 0 ok, 1 failure, 2 usage,
 //! 65 invalid policy or data, 69 daemon unreachable, 78 invalid configuration.
@@ -49,6 +51,13 @@ enum Command {
     /// Check the audit trail's hash chain (offline).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `wardctl man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +119,22 @@ fn main() -> ExitCode {
         Command::Flow(c) => online::run(online::Verb::Flow(c), cli.socket, cli.json),
         Command::Reload => online::run(online::Verb::Reload, cli.socket, cli.json),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file, cli.json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "wardctl",
+                &mut std::io::stdout(),
+            );
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match page.render(&mut std::io::stdout()) {
+                Ok(()) => Ok(Exit::Ok),
+                Err(e) => Err(e.into()),
+            }
+        }
     };
     let code = match result {
         Ok(code) => code,

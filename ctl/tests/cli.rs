@@ -220,3 +220,23 @@ fn ca_lifecycle() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no CA in /nonexistent/ward-pki"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Completions and the man page are generated from the same definitions.
+#[test]
+fn completions_and_man_page() {
+    let out = wardctl(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("wardctl") && script.contains("quarantine"),
+        "bash completion lacks verbs"
+    );
+    let man = wardctl(&["man"]);
+    assert_eq!(man.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH wardctl"),
+        "not a roff page: {}",
+        &page[..page.len().min(200)]
+    );
+}

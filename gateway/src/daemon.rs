@@ -192,6 +192,12 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         addrs,
     ));
     crate::admin::spawn_admin(admin, control.clone(), shutdown.clone());
+    // systemd (Type=notify): ready only now, with every port bound and the
+    // ruleset applied. Outside systemd these calls do nothing.
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
     if let Some(m) = metrics {
         crate::metrics::spawn_metrics(m, control.clone(), shutdown.clone());
     }
@@ -201,17 +207,27 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
     let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
+    // The watchdog is pinged from this loop, so a wedged main loop gets the
+    // service restarted (the ruleset stays meanwhile: fail closed).
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut ping =
+        tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
     loop {
         tokio::select! {
+            _ = ping.tick(), if watchdog.is_some() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => {
                 let span = tracing::info_span!("reload", trigger = "SIGHUP");
                 let _e = span.enter();
-                control.reload("SIGHUP");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                let r = control.reload("SIGHUP");
+                let status = if r.ok { "serving".to_owned() } else { format!("serving; last reload rejected: {}", r.error.unwrap_or_default()) };
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
             }
         }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let _ = serving.await;
     let _ = std::fs::remove_file(&config.admin_socket);
