@@ -334,3 +334,51 @@ fn prometheus_metrics() {
     );
     assert_eq!(h["ward_tunnels_opened_total|flow=echo-tcp"], 3.0, "{h}");
 }
+
+/// WARD_LOG_FORMAT=json gives one JSON object per line; at debug level the
+/// logs still carry no payload bytes and no key material.
+#[test]
+fn json_logs_without_payload_or_keys() {
+    let site = Site::new("jsonlog", &SiteOptions::default());
+    echo_server(site.echo);
+    let _hub = site.start_hub();
+    let cfg = site.dir.join("edge.toml");
+    ward_tests::harness::write_config(
+        &cfg,
+        "edge-01",
+        &site.policy,
+        &site.edge_cert,
+        &site.ca,
+        "quic_bind = \"127.0.3.1\"",
+    );
+    let mut cmd = Command::new(binary("wardd"));
+    cmd.arg("--config").arg(&cfg).env("WARD_LOG_FORMAT", "json");
+    let edge = ward_tests::harness::Wardd::spawn(
+        &mut cmd,
+        &cfg,
+        &site.dir.join("edge.log"),
+        Some("trace"),
+    );
+    for flow in [site.echo_tcp, site.echo_quic] {
+        let mut s = TcpStream::connect(flow).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        echo(&mut s, "PATIENT-DATA-12345").expect("echo");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = edge.log();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 5, "{log}");
+    assert!(log.contains("tunnel opened") || log.contains("far end connected"));
+    assert!(!log.contains("PATIENT-DATA"), "payload bytes in the log");
+    assert!(
+        !log.contains("PRIVATE KEY") && !log.contains("BEGIN"),
+        "key material in the log"
+    );
+}

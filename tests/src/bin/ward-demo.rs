@@ -162,11 +162,34 @@ fn main() {
         &mut failures,
     );
 
-    step("6. what the gateways report");
-    println!("    per-device drop counters (nft, edge-01):");
-    let nft = ward_gateway::nft::Nft::in_netns(h.edge.name());
-    for c in nft.list_counters().unwrap_or_default() {
-        println!("      {:<22} {:>4} packets", c.name, c.packets);
+    step("6. what the gateways report (wardctl on edge-01's admin socket)");
+    // Infusion pump 2 holds an HL7 link open, as interface engines do.
+    let _link = ward_tests::topology::Bg(
+        ward_tests::topology::cmd_in(&h.pump2, "sh")
+            .args(["-c", "sleep 30 | nc 198.51.100.33 2575"])
+            .spawn()
+            .expect("nc"),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let sock = h.socket("edge-01");
+    for args in [&["status"][..], &["device", "list"], &["flow", "list"]] {
+        println!("    $ wardctl {}", args.join(" "));
+        let out = std::process::Command::new(ward_tests::harness::binary("wardctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("wardctl");
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("      {l}");
+        }
+        if !out.status.success() {
+            println!(
+                "      (wardctl failed: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            failures += 1;
+        }
     }
     println!("    tunnels hub-dc-01 accepted (each authorized against its own plan):");
     for l in log_lines(&hub.log(), "tunnel opened") {
