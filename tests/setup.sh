@@ -15,6 +15,8 @@ packages=(
   tcpdump
   python3-pip
   systemd
+  rsyslog
+  rsyslog-gnutls
 )
 
 missing=()

@@ -23,6 +23,8 @@ struct Inner {
 pub struct Audit {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Notified on every record (wakes the forwarder).
+    pub appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Audit {
@@ -52,6 +54,7 @@ impl Audit {
         Ok(Audit {
             path: path.to_owned(),
             inner: Mutex::new(Inner { file, seq, prev }),
+            appended: Default::default(),
         })
     }
 
@@ -85,6 +88,7 @@ impl Audit {
             Ok(()) => {
                 inner.seq += 1;
                 inner.prev = hash_line(&line);
+                self.appended.notify_one();
             }
             Err(e) => {
                 error!(error = %e, path = %self.path.display(), "cannot write the audit trail")

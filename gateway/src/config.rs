@@ -51,6 +51,15 @@ struct Raw {
     admin_socket: String,
     /// Prometheus metrics listener (loopback); empty disables it.
     metrics_listen: String,
+    audit: RawAudit,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    forward: Option<String>,
+    forward_ca: Option<String>,
+    forward_server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +111,7 @@ impl Default for Raw {
             quic_bind: None,
             admin_socket: ward_api::DEFAULT_SOCKET.into(),
             metrics_listen: "127.0.0.1:9464".into(),
+            audit: RawAudit::default(),
         }
     }
 }
@@ -144,6 +154,8 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// Prometheus metrics listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where to forward the audit trail (syslog over TLS).
+    pub audit_forward: Option<crate::forward::Target>,
 }
 
 /// Command-line values that override every other layer.
@@ -262,6 +274,31 @@ impl Config {
                 }
             }
         };
+        let audit_forward = match (
+            &raw.audit.forward,
+            &raw.audit.forward_ca,
+            &raw.audit.forward_server_name,
+        ) {
+            (None, _, _) => None,
+            (Some(addr), Some(ca), Some(name)) => match addr.parse() {
+                Ok(addr) => Some(crate::forward::Target {
+                    addr,
+                    ca: ca.into(),
+                    server_name: name.clone(),
+                }),
+                Err(_) => {
+                    errs.push(format!(
+                        "audit.forward: {addr:?} is not an address with port, from {}",
+                        source("audit.forward")
+                    ));
+                    None
+                }
+            },
+            (Some(_), _, _) => {
+                errs.push("audit.forward needs audit.forward_ca and audit.forward_server_name (the receiver is verified)".into());
+                None
+            }
+        };
         if !errs.is_empty() {
             return Err(ConfigError(errs));
         }
@@ -287,6 +324,7 @@ impl Config {
             quic_bind,
             admin_socket: raw.admin_socket.into(),
             metrics_listen,
+            audit_forward,
         })
     }
 }

@@ -201,6 +201,17 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
     if let Some(m) = metrics {
         crate::metrics::spawn_metrics(m, control.clone(), shutdown.clone());
     }
+    if let Some(target) = config.audit_forward.clone() {
+        crate::forward::spawn_forwarder(
+            shared.clone(),
+            audit_path.clone(),
+            config.state_dir.clone(),
+            target,
+            plan.gateway.clone(),
+            audit.appended.clone(),
+            shutdown.clone(),
+        );
+    }
     let serving = tokio::spawn(gateway.run(shutdown.clone()));
     spawn_tls_watch(shared.clone(), config.clone(), shutdown.clone());
 

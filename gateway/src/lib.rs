@@ -10,7 +10,7 @@
 //! - [`daemon`]: start (validate before binding), TLS file watch, shutdown.
 //! - [`control`]: reload, runtime quarantine, the admin views; [`admin`]: the
 //!   admin API on a Unix socket; [`audit`]: the hash-chained audit trail;
-//!   [`metrics`]: Prometheus text on loopback.
+//!   [`forward`]: the trail as syslog over TLS; [`metrics`]: Prometheus text.
 //! - [`server`]: the listener kinds and the tunnel server; [`quic`]: the QUIC transport.
 //! - [`proto`]: the `ward/1` open frame; [`relay`]: both-way copy with half-close,
 //!   idle timeout and counters; [`registry`]: live connections and limits.
@@ -32,6 +32,7 @@ pub mod bufio;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod forward;
 pub mod metrics;
 pub mod nft;
 pub mod proto;

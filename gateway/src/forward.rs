@@ -1,0 +1,161 @@
+//! Audit forwarding: the local trail's records sent as RFC 5424 syslog
+//! messages over TLS with RFC 5425 octet-counting framing, as IHE ATNA audit
+//! repositories expect.
+//!
+//! The local trail is the spool: records are always written there first, and
+//! the forwarder sends from the position it reached (kept in
+//! `state_dir/audit.forwarded`). While the receiver is down, records wait in
+//! the trail; when it returns they are delivered in order. Syslog over TLS
+//! has no acknowledgements, so after a broken connection the forwarder
+//! resends the last [`RESEND`] records: delivery is at least once, and a
+//! repeated record carries the same `seq`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use ward_api::audit::Link;
+
+use crate::server::Shared;
+
+/// Records resent after a broken connection.
+pub const RESEND: u64 = 64;
+
+/// Where to forward.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Receiver address.
+    pub addr: std::net::SocketAddr,
+    /// CA that signs the receiver's certificate.
+    pub ca: PathBuf,
+    /// Name in the receiver's certificate.
+    pub server_name: String,
+}
+
+fn frame(hostname: &str, record: &str) -> Vec<u8> {
+    // PRI 85 = facility 10 (security/authorization) * 8 + severity 5 (notice).
+    let ts = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "-".into());
+    let msg = format!("<85>1 {ts} {hostname} wardd - audit - {record}");
+    let mut out = format!("{} ", msg.len()).into_bytes();
+    out.extend_from_slice(msg.as_bytes());
+    out
+}
+
+fn read_position(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Records of the trail after `after`, as (seq, line).
+fn pending(trail: &std::path::Path, after: u64) -> Vec<(u64, String)> {
+    let Ok(f) = std::fs::File::open(trail) else {
+        return Vec::new();
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Link>(&l).ok().map(|k| (k.seq, l)))
+        .filter(|(seq, _)| *seq > after)
+        .collect()
+}
+
+/// Forward the trail at `trail` to `target` until `shutdown`; `wake` is
+/// notified whenever a record is appended.
+pub fn spawn_forwarder(
+    shared: Arc<Shared>,
+    trail: PathBuf,
+    state: PathBuf,
+    target: Target,
+    hostname: String,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let pos_file = state.join("audit.forwarded");
+        let mut sent = read_position(&pos_file);
+        let mut backoff = Duration::from_millis(500);
+        // Every connection but the first follows a failure, after which the
+        // last records may not have arrived.
+        let mut first = true;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let connect = async {
+                let tls = shared.tls();
+                let config = tls
+                    .service_client(&target.ca, &target.server_name)
+                    .map_err(|e| e.to_string())?;
+                let tcp =
+                    tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target.addr))
+                        .await
+                        .map_err(|_| "connect timed out".to_owned())?
+                        .map_err(|e| e.to_string())?;
+                let name =
+                    ServerName::try_from(target.server_name.clone()).map_err(|e| e.to_string())?;
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    TlsConnector::from(config).connect(name, tcp),
+                )
+                .await
+                .map_err(|_| "tls handshake timed out".to_owned())?
+                .map_err(|e| e.to_string())
+            };
+            let mut stream = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = connect => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(receiver = %target.addr, error = %e, spooled_after = sent, "audit receiver unreachable; records stay in the local trail");
+                        tokio::select! { () = shutdown.cancelled() => return, () = tokio::time::sleep(backoff) => {} }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+            };
+            backoff = Duration::from_millis(500);
+            if !first {
+                sent = sent.saturating_sub(RESEND);
+            }
+            first = false;
+            info!(receiver = %target.addr, from_seq = sent + 1, "audit forwarding connected");
+            'conn: loop {
+                let batch = pending(&trail, sent);
+                for (seq, line) in &batch {
+                    if let Err(e) = stream.write_all(&frame(&hostname, line)).await {
+                        warn!(receiver = %target.addr, error = %e, "audit forwarding broke; will resend");
+                        break 'conn;
+                    }
+                    sent = *seq;
+                }
+                if !batch.is_empty() {
+                    if let Err(e) = stream.flush().await {
+                        warn!(error = %e, "audit forwarding broke; will resend");
+                        break 'conn;
+                    }
+                    let _ = std::fs::write(&pos_file, sent.to_string());
+                    debug!(sent, "audit records forwarded");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => { let _ = stream.shutdown().await; return; }
+                    () = wake.notified() => {}
+                    // A quiet link is probed now and then, so a receiver that
+                    // went away is noticed and the records wait in the trail.
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    });
+}
