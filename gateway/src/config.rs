@@ -52,6 +52,14 @@ struct Raw {
     /// Prometheus metrics listener (loopback); empty disables it.
     metrics_listen: String,
     audit: RawAudit,
+    telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    metrics_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -112,6 +120,7 @@ impl Default for Raw {
             admin_socket: ward_api::DEFAULT_SOCKET.into(),
             metrics_listen: "127.0.0.1:9464".into(),
             audit: RawAudit::default(),
+            telemetry: RawTelemetry::default(),
         }
     }
 }
@@ -156,6 +165,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where to forward the audit trail (syslog over TLS).
     pub audit_forward: Option<crate::forward::Target>,
+    /// OTLP export.
+    pub otlp: Option<crate::telemetry::Otlp>,
 }
 
 /// Command-line values that override every other layer.
@@ -299,6 +310,29 @@ impl Config {
                 None
             }
         };
+        let otlp = raw.telemetry.otlp_endpoint.as_ref().and_then(|ep| {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                errs.push(format!(
+                    "telemetry.otlp_endpoint: {ep:?} is not an http(s) URL, from {}",
+                    source("telemetry.otlp_endpoint")
+                ));
+                return None;
+            }
+            let interval = raw
+                .telemetry
+                .metrics_interval
+                .as_deref()
+                .map_or(Some(Duration::from_secs(30)), ward_policy::parse_duration);
+            let Some(metrics_interval) = interval else {
+                errs.push("telemetry.metrics_interval: not a duration (e.g. \"30s\")".into());
+                return None;
+            };
+            Some(crate::telemetry::Otlp {
+                endpoint: ep.clone(),
+                metrics_interval,
+                gateway: raw.gateway.clone().unwrap_or_default(),
+            })
+        });
         if !errs.is_empty() {
             return Err(ConfigError(errs));
         }
@@ -325,6 +359,7 @@ impl Config {
             admin_socket: raw.admin_socket.into(),
             metrics_listen,
             audit_forward,
+            otlp,
         })
     }
 }

@@ -98,6 +98,10 @@ pub fn check(
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(), StartError> {
     let config = Config::load(config_file.as_deref(), &overrides)?;
+    // Tracing starts once the configuration says where spans go; errors
+    // before this point are printed by main.
+    let telemetry = crate::telemetry::init(config.otlp.as_ref())
+        .map_err(|e| StartError::Config(ConfigError(vec![e])))?;
     let plan = Arc::new(load_plan(&config)?);
     // Every tunnel holds two sockets; the default soft limit (1024) would cap
     // a gateway at a few hundred connections.
@@ -181,6 +185,7 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         "wardd ready"
     );
     let shared = gateway.shared();
+    crate::telemetry::register_metrics(&telemetry, shared.registry.clone());
     let shutdown = CancellationToken::new();
     let control = Arc::new(Control::new(
         shared.clone(),
@@ -243,6 +248,7 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
     let _ = serving.await;
     let _ = std::fs::remove_file(&config.admin_socket);
     info!("wardd stopped; the ruleset stays in place (fail closed)");
+    drop(telemetry);
     Ok(())
 }
 

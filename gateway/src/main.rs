@@ -34,10 +34,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = ward_gateway::telemetry::init() {
-        eprintln!("wardd: {e}");
-        return ExitCode::from(78);
-    }
     let overrides = Overrides {
         gateway: args.gateway,
         policy: args.policy,

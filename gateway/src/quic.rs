@@ -139,6 +139,9 @@ impl QuicPool {
         if let Some(e) = &*ep {
             return Ok(e.clone());
         }
+        // Outside any flow's span: quinn's endpoint driver lives as long as
+        // the pool, and would keep that span open (and unexported) forever.
+        let _root = tracing::info_span!(parent: None, "quic_endpoint").entered();
         let e = Endpoint::client(self.bind)
             .or_else(|_| Endpoint::client(SocketAddr::new(crate::server::ANY_V4, 0)))
             .map_err(|e| format!("cannot bind a quic client endpoint: {e}"))?;
@@ -191,9 +194,14 @@ impl QuicPool {
         config.transport_config(transport());
         let endpoint = self.endpoint()?;
         let server_name = if name.is_empty() { "ward-peer" } else { name };
-        let connecting = endpoint
-            .connect_with(config, addr, server_name)
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        // The connection outlives the flow that opened it: give its driver a
+        // root span of its own rather than the flow's.
+        let connecting = {
+            let _root = tracing::info_span!(parent: None, "quic_peer", peer = identity).entered();
+            endpoint
+                .connect_with(config, addr, server_name)
+                .map_err(|e| format!("connect to {addr}: {e}"))?
+        };
         let conn = tokio::time::timeout(handshake, connecting)
             .await
             .map_err(|_| format!("quic handshake with {addr} timed out"))?

@@ -350,7 +350,11 @@ async fn handle_plain(
             return;
         }
     };
-    let span = info_span!("tunnel", flow = %flow.name, src = %src, leg = "outbound");
+    let peer = match &flow.target {
+        Target::Tunnel { identity, .. } => identity.clone(),
+        Target::Tls { server_name, .. } => server_name.clone(),
+    };
+    let span = info_span!("tunnel", flow = %flow.name, %peer, src = %src, leg = "outbound");
     async move {
         let Some(_source) = shared
             .registry

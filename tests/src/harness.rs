@@ -88,12 +88,20 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A TCP port free on `ip` right now (and its UDP twin, for tunnel servers).
+/// A TCP port free on `ip` right now (and its UDP twin, for tunnel servers),
+/// never the same twice in one test process: the kernel may hand a just
+/// released port out again, and one site must not get two equal ports.
 pub fn free_port(ip: &str) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
         let port = l.local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().expect("port list");
+        if given.contains(&port) {
+            continue;
+        }
         if UdpSocket::bind((ip, port)).is_ok() {
+            given.push(port);
             return port;
         }
     }

@@ -8,6 +8,7 @@
 //! - [`harness`]: temp dirs, the test CA, real `wardd` processes.
 //! - [`peers`]: dcmtk, the `hl7` package's MLLP tools, an echo server.
 //! - [`site`]: a two-gateway site on loopback.
+//! - [`otlp`]: an OTLP/HTTP receiver for the telemetry tests.
 //! - [`topology`]: the example hospital in network namespaces.
 //!
 //! # What this crate does not do
@@ -18,6 +19,7 @@
 
 pub mod harness;
 pub mod netns;
+pub mod otlp;
 pub mod peers;
 pub mod site;
 pub mod synthetic;

@@ -224,6 +224,11 @@ listen = "{access}"
 
     /// Start the hub gateway.
     pub fn start_hub(&self) -> Wardd {
+        self.start_hub_with("")
+    }
+
+    /// Start the hub gateway with `extra` in its configuration.
+    pub fn start_hub_with(&self, extra: &str) -> Wardd {
         let config = self.dir.join("hub.toml");
         write_config(
             &config,
@@ -231,7 +236,7 @@ listen = "{access}"
             &self.policy,
             &self.hub_cert,
             &self.ca,
-            "",
+            extra,
         );
         Wardd::start(&config, &self.dir.join("hub.log"))
     }
