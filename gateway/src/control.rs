@@ -357,6 +357,7 @@ impl Control {
                     ip: d.ip.to_string(),
                     mac: d.mac.to_string(),
                     interface: d.interface.clone(),
+                    mode: plan.mode.to_string(),
                     quarantined: d.quarantined,
                     drops: counters
                         .iter()

@@ -67,6 +67,7 @@ fn wardctl_against_a_running_gateway() {
         .find(|d| d["id"] == "modality-1")
         .expect("modality-1");
     assert_eq!(m["connections"], 1);
+    assert_eq!(m["mode"], "enforce");
     assert!(m["last_seen"].as_u64().is_some());
     let flows = json(&wardctl(&sock, &["--json", "flow", "list"]));
     let f = &flows[0];

@@ -87,6 +87,8 @@ pub struct Device {
     pub mac: String,
     /// Interface.
     pub interface: String,
+    /// `enforce` or `monitor` (the gateway's mode applies to every device).
+    pub mode: String,
     /// Quarantined now.
     pub quarantined: bool,
     /// Packets dropped (or, in monitor mode, that would have been).
