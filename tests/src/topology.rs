@@ -341,7 +341,7 @@ pub fn wait_listen(ns: &Netns, port: u16) {
 /// dcmtk `storescu` in `ns`.
 pub fn storescu_in(ns: &Netns, host: &str, port: u16, file: &Path, extra: &[&str]) -> Output {
     cmd_in(ns, "storescu")
-        .args(["-aec", "PACS", "-aet", "CT2"])
+        .args(["-aec", "PACS", "-aet", "CT-SCANNER-2"])
         .args(["-to", "5", "-ta", "10", "-td", "10"])
         .args(extra)
         .arg(host)

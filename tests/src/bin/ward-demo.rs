@@ -116,7 +116,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(300));
     drop(cap);
     let lan = std::fs::read(&lan_pcap).unwrap_or_default();
-    let clear = [&b"1.2.840.10008"[..], b"MSH|"]
+    let clear = [&b"1.2.840.10008"[..], b"MSH|^~\\&|PUMP"]
         .iter()
         .any(|m| lan.windows(m.len()).any(|w| w == *m));
     check(
