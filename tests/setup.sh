@@ -17,6 +17,14 @@ packages=(
   systemd
   rsyslog
   rsyslog-gnutls
+  mmdebstrap
+  qemu-system-x86
+  ovmf
+  mtools
+  dosfstools
+  e2fsprogs
+  fdisk
+  systemd-boot-efi
 )
 
 missing=()

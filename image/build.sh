@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Build the Ward appliance image: a GPT disk (UEFI, systemd-boot) with a
+# minimal Debian 12, wardd, wardctl, nftables, the hardened unit, hardened
+# sysctl, networkd, and a first-boot step that creates the gateway's key.
+#
+#   image/build.sh [OUT_DIR]        (root; needs mmdebstrap, mtools, dosfstools,
+#                                    e2fsprogs, fdisk, systemd-boot-efi)
+#
+# Nothing is mounted: mkfs.ext4 -d fills the root filesystem from a directory,
+# mtools fills the EFI partition, sfdisk and dd assemble the disk.
+#
+# For the boot test, WARD_IMAGE_TEST_PKI=DIR provisions a test gateway
+# certificate (DIR/{ca.crt,gateway.crt,gateway.key}) and a one-gateway policy;
+# a production image is enrolled on first boot instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(realpath -m "${1:-target/image}")
+mkdir -p "$out"
+work=$(mktemp -d /var/tmp/ward-image.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+
+echo "==> build wardd and wardctl (release)"
+cargo build --release --locked --quiet -p ward-gateway -p ward-ctl --bins
+
+echo "==> root tree (mmdebstrap, Debian 12)"
+mmdebstrap --quiet --variant=minbase \
+  --include=systemd,systemd-sysv,systemd-timesyncd,udev,dbus,kmod,linux-image-amd64,initramfs-tools,nftables,iproute2,openssl,ca-certificates \
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+  bookworm "$root" http://deb.debian.org/debian
+
+echo "==> ward files"
+install -D -m 0755 target/release/wardd "$root/usr/bin/wardd"
+install -D -m 0755 target/release/wardctl "$root/usr/bin/wardctl"
+install -D -m 0644 systemd/wardd.service "$root/usr/lib/systemd/system/wardd.service"
+install -D -m 0644 systemd/ward.sysusers.conf "$root/usr/lib/sysusers.d/ward.conf"
+install -D -m 0644 systemd/ward.tmpfiles.conf "$root/usr/lib/tmpfiles.d/ward.conf"
+install -D -m 0644 image/files/ward-firstboot.service "$root/usr/lib/systemd/system/ward-firstboot.service"
+install -D -m 0755 image/files/ward-firstboot "$root/usr/lib/ward/ward-firstboot"
+install -D -m 0644 image/files/ward-boot-report.service "$root/usr/lib/systemd/system/ward-boot-report.service"
+install -D -m 0755 image/files/ward-boot-report "$root/usr/lib/ward/ward-boot-report"
+install -D -m 0644 image/files/90-ward.conf "$root/etc/sysctl.d/90-ward.conf"
+install -D -m 0644 image/files/50-lan.network "$root/etc/systemd/network/50-lan.network"
+install -D -m 0644 policy/examples/hospital.toml "$root/usr/share/ward/examples/hospital.toml"
+echo "ward" > "$root/etc/hostname"
+
+if [[ -n "${WARD_IMAGE_TEST_PKI:-}" ]]; then
+  echo "==> test provisioning (gateway appliance-01)"
+  install -D -m 0644 "$WARD_IMAGE_TEST_PKI/ca.crt" "$root/etc/ward/pki/ca.crt"
+  install -D -m 0644 "$WARD_IMAGE_TEST_PKI/gateway.crt" "$root/etc/ward/tls/gateway.crt"
+  install -D -m 0600 "$WARD_IMAGE_TEST_PKI/gateway.key" "$root/etc/ward/tls/gateway.key"
+  install -D -m 0644 image/files/test-policy.toml "$root/etc/ward/policy.toml"
+  install -D -m 0644 image/files/test-ward.toml "$root/etc/ward/ward.toml"
+fi
+
+echo "==> enable units"
+systemctl --root="$root" enable systemd-networkd.service systemd-networkd-wait-online.service wardd.service ward-firstboot.service ward-boot-report.service >/dev/null 2>&1
+# Root may log in on the serial console in this development image.
+passwd --root "$root" -d root >/dev/null
+
+echo "==> filesystems"
+kernel=$(ls "$root"/boot/vmlinuz-* | head -1)
+initrd=$(ls "$root"/boot/initrd.img-* | head -1)
+uuid=$(cat /proc/sys/kernel/random/uuid)
+echo "UUID=$uuid / ext4 errors=remount-ro 0 1" > "$root/etc/fstab"
+mkfs.ext4 -q -F -L wardroot -U "$uuid" -d "$root" "$work/root.img" 1200M
+esp="$work/esp.img"
+rm -f "$esp"
+mkfs.vfat -C -n WARDESP "$esp" $((96 * 1024)) >/dev/null
+mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+mcopy -i "$esp" /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+mcopy -i "$esp" "$kernel" ::/vmlinuz
+mcopy -i "$esp" "$initrd" ::/initrd.img
+printf 'default ward.conf\ntimeout 0\n' > "$work/loader.conf"
+printf 'title Ward\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=UUID=%s ro console=ttyS0,115200 quiet systemd.show_status=1\n' "$uuid" > "$work/ward.conf"
+mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
+mcopy -i "$esp" "$work/ward.conf" ::/loader/entries/ward.conf
+
+echo "==> disk (GPT: EFI system partition, root)"
+disk="$out/ward.img"
+esp_mib=96; root_mib=1200
+rm -f "$disk"
+truncate -s $((1 + esp_mib + root_mib + 1))M "$disk"
+sfdisk --quiet "$disk" <<EOT
+label: gpt
+start=1MiB, size=${esp_mib}MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp
+start=$((1 + esp_mib))MiB, size=${root_mib}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root
+EOT
+dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc status=none
+dd if="$work/root.img" of="$disk" bs=1M seek=$((1 + esp_mib)) conv=notrunc status=none
+echo "==> $disk ($(du -h --apparent-size "$disk" | cut -f1))"
