@@ -54,6 +54,7 @@ ready=$(( $(date +%s) - boot ))
 grep -q "WARD-WARDD: active" "$serial" || fail "wardd is not active"
 grep -q "WARD-NFT: table inet ward" "$serial" || fail "table inet ward is not loaded"
 grep -q "WARD-STATUS: gateway      appliance-01 (spiffe://boot.example/gateway/appliance-01)" "$serial" || fail "wardctl status did not answer"
+grep -q 'WARD-SBOM: "bomFormat": "CycloneDX"' "$serial" || fail "wardctl sbom did not print the shipped SBOM"
 subject=$(timeout 20 openssl s_client -connect 127.0.0.1:$port -alpn ward/1 -tls1_3 </dev/null 2>/dev/null | grep -m1 "^subject=" || true)
 [[ "$subject" == *appliance-01* ]] || fail "the tunnel server on the forwarded port did not present the gateway certificate (got: $subject)"
 grep "^WARD-" "$serial" | sed 's/^/    /'

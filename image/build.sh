@@ -26,7 +26,8 @@ cargo build --release --locked --quiet -p ward-gateway -p ward-ctl --bins
 echo "==> root tree (mmdebstrap, Debian 12)"
 mmdebstrap --quiet --variant=minbase \
   --include=systemd,systemd-sysv,systemd-timesyncd,udev,dbus,kmod,linux-image-amd64,initramfs-tools,nftables,iproute2,openssl,ca-certificates \
-  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
   bookworm "$root" http://deb.debian.org/debian
 
 echo "==> ward files"
@@ -52,6 +53,13 @@ if [[ -n "${WARD_IMAGE_TEST_PKI:-}" ]]; then
   install -D -m 0644 image/files/test-policy.toml "$root/etc/ward/policy.toml"
   install -D -m 0644 image/files/test-ward.toml "$root/etc/ward/ward.toml"
 fi
+
+echo "==> SBOM (CycloneDX: the Rust components in wardd and wardctl, the image's Debian packages)"
+cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu > "$work/cargo-metadata.json"
+target/release/wardctl sbom generate --cargo-metadata "$work/cargo-metadata.json" \
+  --dpkg-status "$root/var/lib/dpkg/status" --doc-root "$root" > "$work/sbom.cdx.json"
+install -D -m 0644 "$work/sbom.cdx.json" "$root/usr/share/ward/sbom.cdx.json"
+cp "$work/sbom.cdx.json" "$out/sbom.cdx.json"
 
 echo "==> enable units"
 systemctl --root="$root" enable systemd-networkd.service systemd-networkd-wait-online.service wardd.service ward-firstboot.service ward-boot-report.service >/dev/null 2>&1

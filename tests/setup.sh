@@ -41,10 +41,12 @@ fi
 
 # The hl7 package's mllp_send and MLLP server are the HL7 peers in the tests;
 # prometheus-client's parser reads the metrics page in the tests.
-if ! python3 -c 'import hl7.mllp, prometheus_client.parser' 2>/dev/null || ! command -v mllp_send >/dev/null; then
-  echo "==> installing the Python packages hl7 and prometheus-client"
-  python3 -m pip install --quiet hl7 prometheus-client || python3 -m pip install --quiet --break-system-packages hl7 prometheus-client
+# cyclonedx-python-lib validates the SBOM against the CycloneDX schema.
+pip_packages=(hl7 prometheus-client "cyclonedx-python-lib[json-validation]")
+if ! python3 -c 'import hl7.mllp, prometheus_client.parser, cyclonedx.validation.json, jsonschema' 2>/dev/null || ! command -v mllp_send >/dev/null; then
+  echo "==> installing the Python packages: ${pip_packages[*]}"
+  python3 -m pip install --quiet "${pip_packages[@]}" || python3 -m pip install --quiet --break-system-packages "${pip_packages[@]}"
   command -v pyenv >/dev/null && pyenv rehash || true
 else
-  echo "==> python packages hl7 and prometheus-client present"
+  echo "==> python packages present: ${pip_packages[*]}"
 fi

@@ -12,6 +12,7 @@
 mod ca;
 mod online;
 mod policy;
+mod sbom;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,14 @@ enum Command {
     },
     /// Print the manual page (roff): `wardctl man | man -l -`.
     Man,
+    /// Print the appliance's CycloneDX SBOM (or build one: `sbom generate`).
+    Sbom {
+        /// SBOM file to print.
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+        #[command(subcommand)]
+        command: Option<sbom::SbomCommand>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +137,7 @@ fn main() -> ExitCode {
             );
             Ok(Exit::Ok)
         }
+        Command::Sbom { file, command } => sbom::run(command, file),
         Command::Man => {
             let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
             match page.render(&mut std::io::stdout()) {

@@ -240,3 +240,108 @@ fn completions_and_man_page() {
         &page[..page.len().min(200)]
     );
 }
+
+/// `sbom generate` over this workspace and the host's dpkg database gives a
+/// CycloneDX 1.5 document that the CycloneDX schema accepts, with the Rust
+/// components of the binaries (not their dev-dependencies) and Debian packages.
+#[test]
+fn sbom_validates_against_cyclonedx_schema() {
+    let dir = std::env::temp_dir().join(format!("wardctl-sbom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let meta = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--filter-platform",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        meta.status.success(),
+        "{}",
+        String::from_utf8_lossy(&meta.stderr)
+    );
+    let meta_file = dir.join("metadata.json");
+    std::fs::write(&meta_file, &meta.stdout).expect("write");
+    let mut args = vec![
+        "sbom",
+        "generate",
+        "--cargo-metadata",
+        meta_file.to_str().expect("utf8"),
+    ];
+    let has_dpkg = std::path::Path::new("/var/lib/dpkg/status").exists();
+    if has_dpkg {
+        args.extend(["--dpkg-status", "/var/lib/dpkg/status", "--doc-root", "/"]);
+    }
+    let out = wardctl(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bom: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let comps = bom["components"].as_array().expect("components");
+    let cargo: Vec<&str> = comps
+        .iter()
+        .filter(|c| {
+            c["purl"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("pkg:cargo/"))
+        })
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for shipped in ["rustls", "quinn", "tokio", "nftables", "hyper"] {
+        assert!(cargo.contains(&shipped), "{shipped} missing from the SBOM");
+    }
+    assert!(
+        !cargo.contains(&"proptest"),
+        "a dev-dependency is in the SBOM"
+    );
+    assert!(
+        comps
+            .iter()
+            .filter(|c| c["purl"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("pkg:cargo/")))
+            .all(|c| c["licenses"].is_array()),
+        "a crate without licence"
+    );
+    if has_dpkg {
+        assert!(
+            comps
+                .iter()
+                .any(|c| c["name"] == "libc6" && c["supplier"]["name"].is_string()),
+            "Debian packages missing"
+        );
+    }
+    let bom_file = dir.join("sbom.cdx.json");
+    std::fs::write(&bom_file, &out.stdout).expect("write");
+    let check = Command::new("python3")
+        .arg("-c")
+        .arg("import sys\nfrom cyclonedx.validation.json import JsonStrictValidator\nfrom cyclonedx.schema import SchemaVersion\ne = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())\nprint(e)\nsys.exit(1 if e else 0)")
+        .arg(&bom_file)
+        .output();
+    match check {
+        Ok(o) if o.status.success() => {}
+        Ok(o)
+            if String::from_utf8_lossy(&o.stderr).contains("ModuleNotFoundError")
+                && std::env::var("CI").as_deref() != Ok("true") =>
+        {
+            eprintln!(
+                "SKIP schema validation: pip install 'cyclonedx-python-lib[json-validation]'"
+            );
+        }
+        Ok(o) => panic!(
+            "the CycloneDX schema rejects the SBOM: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("python3: {e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
