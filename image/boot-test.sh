@@ -27,30 +27,38 @@ start=$(date +%s)
 WARD_IMAGE_TEST_PKI="$work/prov" image/build.sh "$work/out"
 echo "    built in $(( $(date +%s) - start )) s"
 
-echo "==> boot under QEMU (OVMF, TCG)"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
-serial="$work/serial.log"
-qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -smp 2 -m 1024 -nographic \
-  -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
-  -drive if=pflash,format=raw,file="$work/vars.fd" \
-  -drive file="$work/out/ward.img",format=raw,if=virtio \
-  -netdev user,id=n0,hostfwd=tcp:127.0.0.1:${port}-10.0.2.15:4433 -device virtio-net-pci,netdev=n0 \
-  -serial file:"$serial" -monitor none -display none </dev/null >/dev/null 2>&1 &
-qemu_pid=$!
-boot=$(date +%s)
+boot_image() { # IMAGE SERIAL [HOSTFWD]
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
+  qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -smp 2 -m 1024 -nographic \
+    -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+    -drive if=pflash,format=raw,file="$work/vars.fd" \
+    -drive file="$1",format=raw,if=virtio \
+    -netdev user,id=n0${3:+,hostfwd=$3} -device virtio-net-pci,netdev=n0 \
+    -serial file:"$2" -monitor none -display none </dev/null >/dev/null 2>&1 &
+  qemu_pid=$!
+}
 fail() {
   echo "BOOT TEST FAILED: $*"
   echo "----- serial log -----"
-  cat "$serial" 2>/dev/null | tail -200
+  tail -200 "$serial" 2>/dev/null
   exit 1
 }
-until grep -q "WARD-REPORT-END" "$serial" 2>/dev/null; do
-  kill -0 "$qemu_pid" 2>/dev/null || fail "qemu exited"
-  (( $(date +%s) - boot > timeout_s )) && fail "no boot report within ${timeout_s} s"
-  sleep 2
-done
-ready=$(( $(date +%s) - boot ))
+wait_serial() { # MARKER
+  local boot
+  boot=$(date +%s)
+  until grep -q -- "$1" "$serial" 2>/dev/null; do
+    kill -0 "$qemu_pid" 2>/dev/null || fail "qemu exited"
+    (( $(date +%s) - boot > timeout_s )) && fail "no \"$1\" on the console within ${timeout_s} s"
+    sleep 2
+  done
+  echo $(( $(date +%s) - boot ))
+}
+
+echo "==> boot the provisioned image under QEMU (OVMF, TCG)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+serial="$work/serial.log"
+boot_image "$work/out/ward.img" "$serial" "tcp:127.0.0.1:${port}-10.0.2.15:4433"
+ready=$(wait_serial "WARD-REPORT-END")
 grep -q "WARD-WARDD: active" "$serial" || fail "wardd is not active"
 grep -q "WARD-NFT: table inet ward" "$serial" || fail "table inet ward is not loaded"
 grep -q "WARD-STATUS: gateway      appliance-01 (spiffe://boot.example/gateway/appliance-01)" "$serial" || fail "wardctl status did not answer"
@@ -59,4 +67,18 @@ subject=$(timeout 20 openssl s_client -connect 127.0.0.1:$port -alpn ward/1 -tls
 [[ "$subject" == *appliance-01* ]] || fail "the tunnel server on the forwarded port did not present the gateway certificate (got: $subject)"
 grep "^WARD-" "$serial" | sed 's/^/    /'
 echo "    tunnel server via forwarded port: $subject"
-echo "boot test: 1 passed, 0 failed (boot to report ${ready} s)"
+echo "    boot to report: ${ready} s"
+kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
+
+echo "==> first boot of an unprovisioned image: the gateway key and its certificate request"
+image/build.sh "$work/plain" >/dev/null
+serial="$work/serial-firstboot.log"
+boot_image "$work/plain/ward.img" "$serial"
+first=$(wait_serial "END CERTIFICATE REQUEST")
+# The console shows journal lines: "[  16.5] ward-firstboot[261]: <line>".
+tr -d '\r' < "$serial" | sed -n 's/^.*ward-firstboot\[[0-9]*\]: //p' \
+  | sed -n '/BEGIN CERTIFICATE REQUEST/,/END CERTIFICATE REQUEST/p' > "$work/gateway.csr"
+openssl req -in "$work/gateway.csr" -noout -verify 2>&1 | grep -q "verify OK" || fail "the first-boot certificate request does not verify"
+openssl req -in "$work/gateway.csr" -noout -text | grep -q "prime256v1\|P-256" || fail "the first-boot key is not P-256"
+echo "    first boot printed a valid P-256 certificate request after ${first} s"
+echo "boot test: 1 passed, 0 failed (boot to report ${ready} s, first-boot request ${first} s)"
