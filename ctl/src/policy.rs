@@ -144,7 +144,7 @@ fn check(file: &Path, today: Option<Date>, json: bool) -> anyhow::Result<Exit> {
         Some(p) => {
             if !json {
                 println!(
-                    "{name}: ok: {} gateways, {} devices, {} flows, {} exceptions, mode {}, {warnings} warning{}",
+                    "{name}: ok: {} gateways, {} devices, {} flows, {} exception(s), mode {}, {warnings} warning{}",
                     p.gateways.len(),
                     p.devices.len(),
                     p.flows.len(),

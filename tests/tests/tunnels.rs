@@ -1,8 +1,6 @@
 //! The data path on loopback with real peers: DICOM and HL7 through an edge
 //! and a hub `wardd`, over TCP and QUIC tunnels, native TLS both ways.
 
-use std::time::Duration;
-
 use ward_tests::harness::TempDir;
 use ward_tests::peers::{self, dataset, make_dicom, stored_file, storescp, storescu};
 use ward_tests::site::{Site, SiteOptions};
@@ -130,5 +128,4 @@ fn dicom_tls_client_to_plain_device() {
         edge.log()
     );
     assert!(dataset(&file) == dataset(&stored_file(&out)));
-    let _ = Duration::ZERO;
 }
