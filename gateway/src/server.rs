@@ -235,32 +235,24 @@ impl Gateway {
         let tracker = TaskTracker::new();
         // Connections watch their own token, cancelled only after the drain period.
         let conns = CancellationToken::new();
-        for l in self.plain {
-            spawn_plain_listener(
+        let listen = |l, handle| {
+            spawn_tcp_listener(
                 &tracker,
                 l,
                 self.shared.clone(),
                 shutdown.clone(),
                 conns.clone(),
-            );
+                handle,
+            )
+        };
+        for l in self.plain {
+            listen(l, Handler::Device);
         }
         for l in self.access {
-            spawn_access_listener(
-                &tracker,
-                l,
-                self.shared.clone(),
-                shutdown.clone(),
-                conns.clone(),
-            );
+            listen(l, Handler::Access);
         }
         if let Some(l) = self.tunnel_tcp {
-            spawn_tunnel_tcp_listener(
-                &tracker,
-                l,
-                self.shared.clone(),
-                shutdown.clone(),
-                conns.clone(),
-            );
+            listen(l, Handler::Tunnel);
         }
         let quic_server = self.tunnel_quic.clone();
         if let Some(ep) = self.tunnel_quic {
@@ -302,12 +294,26 @@ async fn accept_backoff(attempt: &mut u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-fn spawn_plain_listener(
+/// What a TCP listener's connections are.
+#[derive(Debug, Clone, Copy)]
+enum Handler {
+    /// Cleartext from devices (plain → tunnel or tls).
+    Device,
+    /// `ward/1` over TLS from peer gateways.
+    Tunnel,
+    /// TLS from clients with certificates (tls → plain).
+    Access,
+}
+
+/// The accept loop every TCP listener runs: back off on accept errors, stop
+/// on shutdown, one task per connection with its own cancellation.
+fn spawn_tcp_listener(
     tracker: &TaskTracker,
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     conns: CancellationToken,
+    handler: Handler,
 ) {
     let t = tracker.clone();
     tracker.spawn(async move {
@@ -320,18 +326,70 @@ fn spawn_plain_listener(
                     Err(e) => { warn!(error = %e, "accept failed"); accept_backoff(&mut errors).await; continue; }
                 },
             };
-            // The listener's own address is the destination the device asked
-            // for; a transparent listener will yield the original destination here.
-            let Ok(dst) = stream.local_addr() else { continue };
+            let _ = stream.set_nodelay(true);
             let shared = shared.clone();
             let cancel = conns.child_token();
-            t.spawn(async move { handle_plain(stream, src, dst, shared, cancel).await });
+            match handler {
+                Handler::Device => {
+                    // The listener's own address is the destination the device
+                    // asked for; a transparent listener will yield the original
+                    // destination here.
+                    let Ok(dst) = stream.local_addr() else { continue };
+                    t.spawn(handle_plain(stream, src, dst, shared, cancel));
+                }
+                Handler::Tunnel => {
+                    t.spawn(handle_tunnel_tcp(stream, src, shared, cancel));
+                }
+                Handler::Access => {
+                    t.spawn(handle_access(stream, src, shared, cancel));
+                }
+            }
         }
     });
 }
 
-fn flow_cancel(cancel: &CancellationToken) -> CancellationToken {
-    cancel.child_token()
+/// Complete a TLS handshake with a required client certificate, bounded in
+/// time and in concurrent handshakes; failures are logged, counted and
+/// audited. Returns the stream with the peer's SPIFFE identity and serial.
+async fn accept_tls(
+    shared: &Shared,
+    config: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    listener: &str,
+) -> Option<(
+    tokio_rustls::server::TlsStream<ChunkedTcp>,
+    String,
+    Option<String>,
+)> {
+    let Ok(permit) = shared.handshakes.try_acquire() else {
+        warn!(peer = %peer_addr, listener, reason = "too many handshakes in progress", "connection refused");
+        return None;
+    };
+    let accept = TlsAcceptor::from(config).accept(ChunkedTcp::new(stream));
+    let reason = match timeout(shared.limits.handshake_timeout, accept).await {
+        Ok(Ok(tls)) => {
+            drop(permit);
+            let (peer, serial) = peer_of(tls.get_ref().1.peer_certificates());
+            let Some(peer) = peer else {
+                warn!(peer = %peer_addr, listener, reason = "certificate has no SPIFFE identity", "connection refused");
+                return None;
+            };
+            return Some((tls, peer, serial));
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "handshake timed out".to_owned(),
+    };
+    warn!(peer = %peer_addr, listener, reason = %reason, "handshake failed");
+    shared
+        .registry
+        .handshake_failed(crate::metrics::handshake_reason(&reason));
+    shared.audit.record(
+        "handshake",
+        "failed",
+        serde_json::json!({"listener": listener, "peer_addr": peer_addr.to_string(), "reason": reason}),
+    );
+    None
 }
 
 async fn handle_plain(
@@ -367,9 +425,8 @@ async fn handle_plain(
             );
             return;
         };
-        let _ = stream.set_nodelay(true);
         let counters = Arc::new(Counters::default());
-        let cancel = flow_cancel(&cancel);
+        let cancel = cancel.child_token();
         let live = Live {
             flow: flow.name.clone(),
             leg: Leg::Outbound,
@@ -634,58 +691,19 @@ async fn connect_far(
     }
 }
 
-fn spawn_tunnel_tcp_listener(
-    tracker: &TaskTracker,
-    listener: TcpListener,
+async fn handle_tunnel_tcp(
+    stream: TcpStream,
+    peer_addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    conns: CancellationToken,
+    cancel: CancellationToken,
 ) {
-    let t = tracker.clone();
-    tracker.spawn(async move {
-        let mut errors = 0;
-        loop {
-            let (stream, peer_addr) = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => { errors = 0; x }
-                    Err(e) => { warn!(error = %e, "accept failed"); accept_backoff(&mut errors).await; continue; }
-                },
-            };
-            let shared = shared.clone();
-            let cancel = conns.child_token();
-            t.spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let Ok(permit) = shared.handshakes.try_acquire() else {
-                    warn!(peer = %peer_addr, reason = "too many handshakes in progress", "tunnel refused");
-                    return;
-                };
-                let acceptor = TlsAcceptor::from(shared.tls().tunnel_server.clone());
-                let tls = match timeout(shared.limits.handshake_timeout, acceptor.accept(ChunkedTcp::new(stream))).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        warn!(peer = %peer_addr, reason = %e, "tunnel handshake failed");
-                        shared.registry.handshake_failed(crate::metrics::handshake_reason(&e.to_string()));
-                        shared.audit.record("handshake", "failed", serde_json::json!({"listener": "tunnel", "peer_addr": peer_addr.to_string(), "reason": e.to_string()}));
-                        return;
-                    }
-                    Err(_) => {
-                        shared.registry.handshake_failed("timeout");
-                        warn!(peer = %peer_addr, reason = "handshake timed out", "tunnel handshake failed");
-                        return;
-                    }
-                };
-                drop(permit);
-                let (peer, serial) = peer_of(tls.get_ref().1.peer_certificates());
-                let Some(peer) = peer else {
-                    warn!(peer = %peer_addr, reason = "certificate has no SPIFFE identity", "tunnel refused");
-                    return;
-                };
-                let (r, w) = tokio::io::split(tls);
-                serve_tunnel_stream(r, w, peer, serial, peer_addr, shared, cancel).await;
-            });
-        }
-    });
+    let config = shared.tls().tunnel_server.clone();
+    let Some((tls, peer, serial)) = accept_tls(&shared, config, stream, peer_addr, "tunnel").await
+    else {
+        return;
+    };
+    let (r, w) = tokio::io::split(tls);
+    serve_tunnel_stream(r, w, peer, serial, peer_addr, shared, cancel).await;
 }
 
 fn peer_of(
@@ -747,7 +765,7 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
             }
         };
         let counters = Arc::new(Counters::default());
-        let cancel = flow_cancel(&cancel);
+        let cancel = cancel.child_token();
         let live = Live {
             flow: flow.name.clone(),
             leg: Leg::Tunnel,
@@ -863,31 +881,6 @@ fn spawn_tunnel_quic_listener(
     });
 }
 
-fn spawn_access_listener(
-    tracker: &TaskTracker,
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    conns: CancellationToken,
-) {
-    let t = tracker.clone();
-    tracker.spawn(async move {
-        let mut errors = 0;
-        loop {
-            let (stream, src) = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => { errors = 0; x }
-                    Err(e) => { warn!(error = %e, "accept failed"); accept_backoff(&mut errors).await; continue; }
-                },
-            };
-            let shared = shared.clone();
-            let cancel = conns.child_token();
-            t.spawn(async move { handle_access(stream, src, shared, cancel).await });
-        }
-    });
-}
-
 async fn handle_access(
     stream: TcpStream,
     src: SocketAddr,
@@ -897,7 +890,6 @@ async fn handle_access(
     let Ok(listen) = stream.local_addr() else {
         return;
     };
-    let _ = stream.set_nodelay(true);
     let Some(_source) = shared
         .registry
         .acquire_source(src.ip(), shared.limits.max_connections_per_source)
@@ -905,35 +897,10 @@ async fn handle_access(
         warn!(%src, reason = "too many connections from this source", "client refused");
         return;
     };
-    let Ok(permit) = shared.handshakes.try_acquire() else {
-        warn!(%src, reason = "too many handshakes in progress", "client refused");
-        return;
-    };
-    let acceptor = TlsAcceptor::from(shared.tls().access_server.clone());
-    let tls = match timeout(
-        shared.limits.handshake_timeout,
-        acceptor.accept(ChunkedTcp::new(stream)),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            warn!(%src, %listen, reason = %e, "client handshake failed");
-            shared
-                .registry
-                .handshake_failed(crate::metrics::handshake_reason(&e.to_string()));
-            shared.audit.record("handshake", "failed", serde_json::json!({"listener": listen.to_string(), "peer_addr": src.to_string(), "reason": e.to_string()}));
-            return;
-        }
-        Err(_) => {
-            warn!(%src, %listen, reason = "handshake timed out", "client handshake failed");
-            return;
-        }
-    };
-    drop(permit);
-    let (peer, serial) = peer_of(tls.get_ref().1.peer_certificates());
-    let Some(peer) = peer else {
-        warn!(%src, %listen, reason = "certificate has no SPIFFE identity", "client refused");
+    let config = shared.tls().access_server.clone();
+    let Some((tls, peer, serial)) =
+        accept_tls(&shared, config, stream, src, &listen.to_string()).await
+    else {
         return;
     };
     let plan = shared.plan();
@@ -948,7 +915,7 @@ async fn handle_access(
     let span = info_span!("tunnel", flow = %rule.flow, %peer, src = %src, leg = "access");
     async move {
         let counters = Arc::new(Counters::default());
-        let cancel = flow_cancel(&cancel);
+        let cancel = cancel.child_token();
         let live = Live {
             flow: rule.flow.clone(),
             leg: Leg::Access,
