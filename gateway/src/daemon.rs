@@ -96,8 +96,14 @@ pub fn check(
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
-pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(), StartError> {
-    let config = Config::load(config_file.as_deref(), &overrides)?;
+///
+/// `config` is what `config_file` and `overrides` gave when the process
+/// started (the runtime's worker count comes from it); reloads read them again.
+pub async fn run(
+    config: Config,
+    config_file: Option<PathBuf>,
+    overrides: Overrides,
+) -> Result<(), StartError> {
     // Tracing starts once the configuration says where spans go; errors
     // before this point are printed by main.
     let telemetry = crate::telemetry::init(config.otlp.as_ref())
@@ -181,6 +187,7 @@ pub async fn run(config_file: Option<PathBuf>, overrides: Overrides) -> Result<(
         gateway = %plan.gateway,
         identity = %plan.identity,
         mode = %plan.mode,
+        workers = config.workers,
         listen = %addrs.join(" "),
         "wardd ready"
     );

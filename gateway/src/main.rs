@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ward_gateway::config::Overrides;
+use ward_gateway::config::{Config, Overrides};
+use ward_gateway::daemon::StartError;
 
 /// Ward gateway daemon.
 #[derive(Debug, Parser)]
@@ -60,7 +61,15 @@ fn main() -> ExitCode {
             }
         }
         None => {
+            let config = match Config::load(args.config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("wardd: {e}");
+                    return ExitCode::from(StartError::from(e).exit_code());
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.workers)
                 .enable_all()
                 .build()
             {
@@ -70,7 +79,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(ward_gateway::daemon::run(args.config, overrides)) {
+            match runtime.block_on(ward_gateway::daemon::run(config, args.config, overrides)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "wardd cannot start");

@@ -67,13 +67,30 @@ pub fn server_endpoint(
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(addr)?;
+    let socket = udp_socket(addr)?;
     Endpoint::new(
         config,
         Some(server_config(tls)?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
+}
+
+/// Socket buffer asked for on each side of a QUIC endpoint. The kernel caps
+/// it at `net.core.rmem_max`/`wmem_max` (the appliance image raises those).
+const UDP_BUFFER: usize = 8 << 20;
+
+/// A UDP socket for a QUIC endpoint, with buffers large enough that a burst
+/// of full-size datagrams is not dropped before quinn reads it: on a fast
+/// path every such drop is taken for congestion and halves the window.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer than asked still works.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// The stateless-reset key in `state_dir`, created (0600) on first use.
@@ -142,8 +159,16 @@ impl QuicPool {
         // Outside any flow's span: quinn's endpoint driver lives as long as
         // the pool, and would keep that span open (and unexported) forever.
         let _root = tracing::info_span!(parent: None, "quic_endpoint").entered();
-        let e = Endpoint::client(self.bind)
-            .or_else(|_| Endpoint::client(SocketAddr::new(crate::server::ANY_V4, 0)))
+        let e = udp_socket(self.bind)
+            .or_else(|_| udp_socket(SocketAddr::new(crate::server::ANY_V4, 0)))
+            .and_then(|socket| {
+                Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            })
             .map_err(|e| format!("cannot bind a quic client endpoint: {e}"))?;
         *ep = Some(e.clone());
         Ok(e)

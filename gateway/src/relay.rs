@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -55,47 +56,199 @@ impl Activity {
     }
 }
 
-async fn pump<R, W>(
-    mut r: R,
-    mut w: W,
+/// Where one direction's bytes come from: chunks, so that a transport that
+/// already holds its data in reference-counted buffers (a QUIC stream) hands
+/// them on without a copy.
+pub trait Source {
+    /// Append the next chunks to `out`, waiting for at least one; `false` at
+    /// end of stream.
+    fn next(&mut self, out: &mut Vec<Bytes>) -> impl Future<Output = std::io::Result<bool>>;
+}
+
+/// Where one direction's bytes go.
+pub trait Sink {
+    /// Write all of `data` (emptying it); complete only when the transport
+    /// has taken it (back-pressure).
+    fn send(&mut self, data: &mut Vec<Bytes>) -> impl Future<Output = std::io::Result<()>>;
+    /// End of stream towards the far side (half-close).
+    fn finish(&mut self) -> impl Future<Output = std::io::Result<()>>;
+}
+
+/// A byte stream ([`AsyncRead`] or [`AsyncWrite`] half) as a [`Source`] or
+/// [`Sink`].
+pub struct Io<T> {
+    io: T,
+    /// Empty while the connection is quiet: an idle tunnel holds only a small
+    /// buffer on the stack of its future; the large one exists only while
+    /// bytes stream, so thousands of quiet clinical links cost little memory
+    /// and bulk transfers read in big chunks.
+    big: BytesMut,
+}
+
+impl<T> Io<T> {
+    /// Wrap one half of a byte stream.
+    pub fn new(io: T) -> Self {
+        Io {
+            io,
+            big: BytesMut::new(),
+        }
+    }
+}
+
+/// Both halves of a byte stream, wrapped.
+pub fn io<R, W>((r, w): (R, W)) -> (Io<R>, Io<W>) {
+    (Io::new(r), Io::new(w))
+}
+
+impl<R: AsyncRead + Unpin> Source for Io<R> {
+    async fn next(&mut self, out: &mut Vec<Bytes>) -> std::io::Result<bool> {
+        if self.big.capacity() == 0 {
+            let mut small = [0u8; SMALL];
+            let n = self.io.read(&mut small).await?;
+            if n == SMALL {
+                // Streaming: switch to the large buffer from the next read.
+                self.big.reserve(BUFFER);
+            }
+            out.push(Bytes::copy_from_slice(&small[..n]));
+            return Ok(n > 0);
+        }
+        // Reuses the allocation once the previous chunk has been dropped.
+        self.big.reserve(BUFFER);
+        let n = self.io.read_buf(&mut self.big).await?;
+        out.push(self.big.split().freeze());
+        if n < SMALL {
+            // Quiet again: give the large buffer back.
+            self.big = BytesMut::new();
+        }
+        Ok(n > 0)
+    }
+}
+
+/// Chunks gathered into one vectored write at most.
+const GATHER: usize = 64;
+
+impl<W: AsyncWrite + Unpin> Sink for Io<W> {
+    async fn send(&mut self, data: &mut Vec<Bytes>) -> std::io::Result<()> {
+        let mut first = 0;
+        while first < data.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = data[first..]
+                .iter()
+                .take(GATHER)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            let mut n = self.io.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let b = &mut data[first];
+                let k = n.min(b.len());
+                bytes::Buf::advance(b, k);
+                n -= k;
+                if b.is_empty() {
+                    first += 1;
+                }
+            }
+        }
+        data.clear();
+        self.io.flush().await
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.io.shutdown().await
+    }
+}
+
+impl Source for quinn::RecvStream {
+    async fn next(&mut self, out: &mut Vec<Bytes>) -> std::io::Result<bool> {
+        // The stream's own buffers, handed on without a copy; all that has
+        // arrived at once, so the far side gets one write for many packets.
+        let mut chunks: [Bytes; GATHER] = std::array::from_fn(|_| Bytes::new());
+        match self.read_chunks(&mut chunks).await? {
+            Some(n) => {
+                out.extend(chunks.into_iter().take(n));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+impl Sink for quinn::SendStream {
+    async fn send(&mut self, data: &mut Vec<Bytes>) -> std::io::Result<()> {
+        self.write_all_chunks(data).await?;
+        data.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        Ok(quinn::SendStream::finish(self)?)
+    }
+}
+
+/// A read half that can become a [`Source`]: byte streams are wrapped in
+/// [`Io`], QUIC streams are one already.
+pub trait IntoSource {
+    /// The source it becomes.
+    type Source: Source;
+    /// Become a source.
+    fn into_source(self) -> Self::Source;
+}
+
+/// A write half that can become a [`Sink`].
+pub trait IntoSink {
+    /// The sink it becomes.
+    type Sink: Sink;
+    /// Become a sink.
+    fn into_sink(self) -> Self::Sink;
+}
+
+impl<T: AsyncRead> IntoSource for tokio::io::ReadHalf<T> {
+    type Source = Io<Self>;
+    fn into_source(self) -> Io<Self> {
+        Io::new(self)
+    }
+}
+
+impl<T: AsyncWrite> IntoSink for tokio::io::WriteHalf<T> {
+    type Sink = Io<Self>;
+    fn into_sink(self) -> Io<Self> {
+        Io::new(self)
+    }
+}
+
+impl IntoSource for quinn::RecvStream {
+    type Source = Self;
+    fn into_source(self) -> Self {
+        self
+    }
+}
+
+impl IntoSink for quinn::SendStream {
+    type Sink = Self;
+    fn into_sink(self) -> Self {
+        self
+    }
+}
+
+async fn pump(
+    mut r: impl Source,
+    mut w: impl Sink,
     count: &AtomicU64,
     total: &AtomicU64,
     activity: &Activity,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // An idle tunnel holds only the small buffer (in this future's state);
-    // the large one exists only while bytes stream, so thousands of quiet
-    // clinical links cost little memory and bulk transfers read in big chunks.
-    let mut small = [0u8; SMALL];
-    let mut big: Vec<u8> = Vec::new();
+) -> std::io::Result<()> {
+    let mut chunks = Vec::new();
     loop {
-        let n = if big.is_empty() {
-            r.read(&mut small).await?
-        } else {
-            r.read(&mut big).await?
-        };
-        if n == 0 {
+        if !r.next(&mut chunks).await? {
             // Half-close: the far side sees end of stream, the other direction goes on.
-            return w.shutdown().await;
+            return w.finish().await;
         }
-        let data = if big.is_empty() {
-            &small[..n]
-        } else {
-            &big[..n]
-        };
-        w.write_all(data).await?;
-        w.flush().await?;
+        let n: usize = chunks.iter().map(Bytes::len).sum();
+        w.send(&mut chunks).await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         total.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
-        if big.is_empty() && n == SMALL {
-            big = vec![0u8; BUFFER];
-        } else if !big.is_empty() && n < SMALL {
-            big = Vec::new();
-        }
     }
 }
 
@@ -110,20 +263,14 @@ pub struct Totals {
 
 /// Relay between `a` (device or client side) and `b` (far side).
 #[allow(clippy::too_many_arguments)]
-pub async fn relay<AR, AW, BR, BW>(
-    a: (AR, AW),
-    b: (BR, BW),
+pub async fn relay(
+    a: (impl Source, impl Sink),
+    b: (impl Source, impl Sink),
     idle: Duration,
     counters: Arc<Counters>,
     totals: Arc<Totals>,
     cancel: CancellationToken,
-) -> End
-where
-    AR: AsyncRead + Unpin,
-    AW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
-{
+) -> End {
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -169,8 +316,8 @@ mod tests {
         let counters = Arc::new(Counters::default());
         let totals = Arc::new(Totals::default());
         let task = tokio::spawn(relay(
-            tokio::io::split(dev_far),
-            tokio::io::split(srv_far),
+            io(tokio::io::split(dev_far)),
+            io(tokio::io::split(srv_far)),
             Duration::from_secs(5),
             counters.clone(),
             totals.clone(),
@@ -198,14 +345,38 @@ mod tests {
         assert_eq!(totals.up.load(Ordering::Relaxed), 3000);
     }
 
+    /// Several chunks written through a pipe that takes a few bytes at a
+    /// time arrive whole and in order (partial vectored writes resume in the
+    /// right chunk at the right offset).
+    #[tokio::test]
+    async fn gathered_chunks_survive_partial_writes() {
+        let (near, mut far) = duplex(7);
+        let mut sink = Io::new(near);
+        let chunks: Vec<Bytes> = (0u8..20)
+            .map(|i| Bytes::from(vec![i; usize::from(i) * 3 + 1]))
+            .collect();
+        let want: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        let mut data = chunks.clone();
+        sink.send(&mut data).await.expect("send");
+        assert!(data.is_empty(), "send empties what it was given");
+        sink.finish().await.expect("finish");
+        drop(sink);
+        assert_eq!(reader.await.expect("join"), want);
+    }
+
     /// A silent connection ends after the idle timeout.
     #[tokio::test(start_paused = true)]
     async fn idle_timeout() {
         let (_dev, dev_far) = duplex(64);
         let (_srv, srv_far) = duplex(64);
         let end = relay(
-            tokio::io::split(dev_far),
-            tokio::io::split(srv_far),
+            io(tokio::io::split(dev_far)),
+            io(tokio::io::split(srv_far)),
             Duration::from_secs(30),
             Arc::default(),
             Arc::default(),

@@ -460,8 +460,8 @@ async fn handle_plain(
             Ok(Far::Tls(s)) => {
                 debug!("far end connected");
                 relay::relay(
-                    device,
-                    tokio::io::split(s),
+                    relay::io(device),
+                    relay::io(tokio::io::split(s)),
                     flow.idle_timeout,
                     counters,
                     totals,
@@ -472,7 +472,7 @@ async fn handle_plain(
             Ok(Far::Quic(send, recv)) => {
                 debug!("far end connected");
                 relay::relay(
-                    device,
+                    relay::io(device),
                     (recv, send),
                     flow.idle_timeout,
                     counters,
@@ -484,8 +484,8 @@ async fn handle_plain(
             Ok(Far::Native(s)) => {
                 debug!("far end connected");
                 relay::relay(
-                    device,
-                    tokio::io::split(s),
+                    relay::io(device),
+                    relay::io(tokio::io::split(s)),
                     flow.idle_timeout,
                     counters,
                     totals,
@@ -730,8 +730,8 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + relay::IntoSource,
+    W: AsyncWrite + Unpin + relay::IntoSink,
 {
     let body = match timeout(shared.limits.handshake_timeout, proto::read_frame(&mut r)).await {
         Ok(Ok(b)) => b,
@@ -802,8 +802,8 @@ pub(crate) async fn serve_tunnel_stream<R, W>(
         shared.audit.record("flow", "allowed", serde_json::json!({"flow": flow.name, "leg": "tunnel", "peer": peer, "device": flow.device, "src": open.source.to_string()}));
         let totals = shared.registry.flow(&flow.name).bytes.clone();
         let end = relay::relay(
-            (r, w),
-            target.into_split(),
+            (r.into_source(), w.into_sink()),
+            relay::io(target.into_split()),
             flow.idle_timeout,
             counters,
             totals,
@@ -942,8 +942,8 @@ async fn handle_access(
         shared.audit.record("flow", "allowed", serde_json::json!({"flow": rule.flow, "leg": "access", "peer": peer, "device": rule.device, "src": src.to_string()}));
         let totals = shared.registry.flow(&rule.flow).bytes.clone();
         let end = relay::relay(
-            tokio::io::split(tls),
-            device.into_split(),
+            relay::io(tokio::io::split(tls)),
+            relay::io(device.into_split()),
             rule.idle_timeout,
             counters,
             totals,

@@ -107,3 +107,23 @@ fn unknown_gateway_and_missing_tls_are_78() {
     assert_eq!(code, Some(78), "{out}");
     assert!(out.contains("/nonexistent/gw.crt"), "{out}");
 }
+
+/// A worker count out of range stops `wardd` itself (not only `check`) with
+/// exit 78 before it starts its runtime, naming the key and the file.
+#[test]
+fn bad_worker_count_is_78() {
+    let d = temp("workers");
+    let cfg = d.join("ward.toml");
+    std::fs::write(&cfg, "gateway = \"edge-01\"\nworkers = 0\n").expect("write");
+    for args in [&["check", "--config"][..], &["--config"][..]] {
+        let mut args = args.to_vec();
+        args.push(cfg.to_str().expect("utf8"));
+        let (code, out) = wardd(&args, &[]);
+        assert_eq!(code, Some(78), "{args:?}: {out}");
+        assert!(
+            out.contains("workers: 0 is not between 1 and 256")
+                && out.contains(cfg.to_str().expect("utf8")),
+            "{args:?}: {out}"
+        );
+    }
+}

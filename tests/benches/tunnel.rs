@@ -9,7 +9,10 @@
 //! Measured: bulk throughput (1 and 8 streams), 64-byte round trips (p50/p99)
 //! on one connection, new connections per second with full handshakes (for
 //! QUIC: new flows over the established connection), and RSS per hop with
-//! 1,000 idle connections. Each figure is the median of the runs; ratios are
+//! 1,000 idle connections. Besides, the CPU time both hops spend per GiB of
+//! single-stream bulk (user + system): a per-byte cost that does not depend
+//! on how the scheduler shares the two cores between the hops and the load
+//! generator. Each figure is the median of the runs; ratios are
 //! Ward over stunnel.
 
 use std::net::SocketAddr;
@@ -63,6 +66,24 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system, including reaped children such as socat's
+/// per-connection forks) of `pids` so far, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|s| {
+            // Fields after the parenthesised command name; utime is field 14.
+            let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            (11..15)
+                .filter_map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+                .sum::<f64>()
+                / tick
+        })
+        .sum()
+}
+
 async fn sink_servers() -> (SocketAddr, SocketAddr) {
     let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
     let drain = TcpListener::bind("127.0.0.1:0").await.expect("bind drain");
@@ -105,8 +126,10 @@ async fn sink_servers() -> (SocketAddr, SocketAddr) {
     (ea, da)
 }
 
-async fn bulk(addr: SocketAddr, streams: usize) -> f64 {
+/// Throughput in Gb/s, and the hops' CPU seconds per GiB moved.
+async fn bulk(addr: SocketAddr, streams: usize, pids: &[u32]) -> (f64, f64) {
     let per = BULK_BYTES / streams as u64;
+    let cpu = cpu_seconds(pids);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..streams {
@@ -129,7 +152,11 @@ async fn bulk(addr: SocketAddr, streams: usize) -> f64 {
     for t in tasks {
         t.await.expect("stream");
     }
-    (per * streams as u64) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9
+    let bytes = (per * streams as u64) as f64;
+    (
+        bytes * 8.0 / start.elapsed().as_secs_f64() / 1e9,
+        (cpu_seconds(pids) - cpu) / (bytes / f64::from(1u32 << 30)),
+    )
 }
 
 async fn rtt(addr: SocketAddr) -> (f64, f64) {
@@ -363,10 +390,10 @@ async fn run() {
             ],
         )
     };
-    let _c1 = socat(c_mid_e, echo.to_string());
-    let _c2 = socat(c_mid_d, drain.to_string());
-    let _c3 = socat(c_in_e, format!("127.0.0.1:{c_mid_e}"));
-    let _c4 = socat(c_in_d, format!("127.0.0.1:{c_mid_d}"));
+    let c1 = socat(c_mid_e, echo.to_string());
+    let c2 = socat(c_mid_d, drain.to_string());
+    let c3 = socat(c_in_e, format!("127.0.0.1:{c_mid_e}"));
+    let c4 = socat(c_in_d, format!("127.0.0.1:{c_mid_d}"));
     for p in [c_mid_e, c_mid_d, c_in_e, c_in_d] {
         wait_tcp(at(p), Duration::from_secs(10));
     }
@@ -402,31 +429,32 @@ async fn run() {
     }
 
     let (edge_d, hub_d) = start_ward();
-    let (_st_client, _st_server) = start_stunnel();
+    let (st_client, st_server) = start_stunnel();
+    let ward_pids = vec![edge_d.pid(), hub_d.pid()];
     let paths = [
         Path2 {
             name: "ward tcp",
             echo: we_t,
             drain: wd_t,
-            pids: Vec::new(),
+            pids: ward_pids.clone(),
         },
         Path2 {
             name: "ward quic",
             echo: we_q,
             drain: wd_q,
-            pids: Vec::new(),
+            pids: ward_pids,
         },
         Path2 {
             name: "stunnel",
             echo: s_in_e,
             drain: s_in_d,
-            pids: Vec::new(),
+            pids: vec![st_client.0.id(), st_server.0.id()],
         },
         Path2 {
             name: "socat",
             echo: at(c_in_e),
             drain: at(c_in_d),
-            pids: Vec::new(),
+            pids: [&c1, &c2, &c3, &c4].iter().map(|c| c.0.id()).collect(),
         },
     ];
     // Warm up each path once (and open the QUIC connection).
@@ -443,10 +471,11 @@ async fn run() {
         BULK_BYTES >> 20
     );
     println!(
-        "{:<10} {:>12} {:>12} {:>10} {:>10} {:>12} {:>22}",
+        "{:<10} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>22}",
         "path",
         "1 stream",
         "8 streams",
+        "CPU s/GiB",
         "p50 rtt",
         "p99 rtt",
         "new conn/s",
@@ -462,15 +491,18 @@ async fn run() {
         .collect();
     let metrics = std::env::var("WARD_BENCH_METRICS").unwrap_or_else(|_| "bulk,rtt,connect".into());
     let on = |m: &str| metrics.split(',').any(|x| x == m);
-    // samples[path] = (t1, t8, p50, p99, cps); runs interleave the paths so
-    // drift on the machine reaches every path alike.
-    let mut samples: Vec<[Vec<f64>; 5]> = selected.iter().map(|_| Default::default()).collect();
+    // samples[path] = (t1, t8, p50, p99, cps, cpu per GiB over both hops,
+    // single stream); runs interleave the paths so drift on the machine
+    // reaches every path alike.
+    let mut samples: Vec<[Vec<f64>; 6]> = selected.iter().map(|_| Default::default()).collect();
     for _ in 0..runs {
         for (i, p) in selected.iter().enumerate() {
             let s = &mut samples[i];
             if on("bulk") {
-                s[0].push(bulk(p.drain, 1).await);
-                s[1].push(bulk(p.drain, 8).await);
+                let (gbps, cpu) = bulk(p.drain, 1, &p.pids).await;
+                s[0].push(gbps);
+                s[5].push(cpu);
+                s[1].push(bulk(p.drain, 8, &p.pids).await.0);
             }
             if on("rtt") {
                 let (a, b) = rtt(p.echo).await;
@@ -496,7 +528,7 @@ async fn run() {
             .find(|r| r.0 == p.name)
             .map(|r| r.1.clone())
             .unwrap_or_default();
-        let row = (m(0), m(1), m(2), m(3), m(4), rss);
+        let row = (m(0), m(1), m(2), m(3), m(4), rss, m(5));
         let rss_s = if row.5.is_empty() {
             "n/a (process per conn)".to_owned()
         } else {
@@ -507,8 +539,8 @@ async fn run() {
                 .join(" / ")
         };
         println!(
-            "{:<10} {:>7.2} Gb/s {:>7.2} Gb/s {:>7.0} us {:>7.0} us {:>12.0} {:>22}",
-            p.name, row.0, row.1, row.2, row.3, row.4, rss_s
+            "{:<10} {:>7.2} Gb/s {:>7.2} Gb/s {:>10.2} {:>7.0} us {:>7.0} us {:>12.0} {:>22}",
+            p.name, row.0, row.1, row.6, row.2, row.3, row.4, rss_s
         );
         rows.push((p.name, row));
     }

@@ -67,16 +67,21 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = target_dir().join(name);
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--bins",
-                "-p",
-                "ward-gateway",
-                "-p",
-                "ward-ctl",
-            ])
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "ward-gateway",
+            "-p",
+            "ward-ctl",
+        ]);
+        // Benchmarks run from target/release: build (and use) release binaries.
+        if target_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
