@@ -64,6 +64,11 @@ fn target_dir() -> PathBuf {
 /// `cargo build` for the binaries, so a test never runs a stale `wardd`
 /// (with `cargo test --workspace` they are already built and this is a no-op).
 pub fn binary(name: &str) -> PathBuf {
+    // Another build (an installed one, or an older commit for an A/B
+    // benchmark) instead of this workspace's.
+    if let Some(dir) = std::env::var_os("WARD_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = target_dir().join(name);
     BUILT.get_or_init(|| {
