@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Bytes read from the socket at once.
-pub const CHUNK: usize = 64 * 1024;
+/// Bytes read from the socket at once (the relay's streaming buffer size).
+pub const CHUNK: usize = 256 * 1024;
 
 /// A [`TcpStream`] whose small reads are served from one large socket read.
 #[derive(Debug)]

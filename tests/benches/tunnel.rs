@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use ward_pki::Kind;
 use ward_tests::harness::{TempDir, TestCa, Wardd, binary, free_port, wait_tcp, write_config};
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 const BULK_BYTES: u64 = 512 << 20;
 const RTT_ROUNDS: usize = 5000;
 const CONNECT_SECONDS: u64 = 3;
