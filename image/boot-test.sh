@@ -3,7 +3,9 @@
 # image with a test CA, boots it, and proves from outside that wardd reached
 # READY, table inet ward is loaded, and wardctl status answers (serial console
 # markers), and that the tunnel server answers TLS with the gateway's
-# certificate on a forwarded port. Prints the serial log on failure.
+# certificate on a forwarded port, that the root filesystem is read-only with
+# /var and /etc/ward writable, and that no unit failed. Prints the serial log
+# on failure.
 #   image/boot-test.sh            (root; ~5 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +65,11 @@ grep -q "WARD-WARDD: active" "$serial" || fail "wardd is not active"
 grep -q "WARD-NFT: table inet ward" "$serial" || fail "table inet ward is not loaded"
 grep -q "WARD-STATUS: gateway      appliance-01 (spiffe://boot.example/gateway/appliance-01)" "$serial" || fail "wardctl status did not answer"
 grep -q 'WARD-SBOM: "bomFormat": "CycloneDX"' "$serial" || fail "wardctl sbom did not print the shipped SBOM"
+grep -q "WARD-ROOT: ro" "$serial" || fail "the root filesystem is not mounted read-only"
+grep -q "WARD-ROOT-WRITE: refused" "$serial" || fail "a file could be created under /usr"
+grep -q "WARD-VAR: rw" "$serial" || fail "/var is not mounted read-write"
+grep -q "WARD-ETC-WARD: .*ward-config" "$serial" || fail "/etc/ward is not the configuration on /var"
+! grep -q "WARD-FAILED:" "$serial" || fail "units failed: $(grep WARD-FAILED: "$serial" | tr -d '\r' | tr '\n' ' ')"
 subject=$(timeout 20 openssl s_client -connect 127.0.0.1:$port -alpn ward/1 -tls1_3 </dev/null 2>/dev/null | grep -m1 "^subject=" || true)
 [[ "$subject" == *appliance-01* ]] || fail "the tunnel server on the forwarded port did not present the gateway certificate (got: $subject)"
 grep "^WARD-" "$serial" | sed 's/^/    /'

@@ -3,6 +3,12 @@
 # minimal Debian 12, wardd, wardctl, nftables, the hardened unit, hardened
 # sysctl, networkd, and a first-boot step that creates the gateway's key.
 #
+# The root filesystem is mounted read-only: nothing that runs can change the
+# software. What changes lives on its own partition, /var (journal, wardd's
+# state and audit trail, and the site configuration: /var/lib/ward-config is
+# bind-mounted on /etc/ward). /tmp is a tmpfs. The ward user is created at
+# build time, so nothing needs to write /etc at boot.
+#
 #   image/build.sh [OUT_DIR]        (root; needs mmdebstrap, mtools, dosfstools,
 #                                    e2fsprogs, fdisk, systemd-boot-efi)
 #
@@ -19,6 +25,7 @@ mkdir -p "$out"
 work=$(mktemp -d /var/tmp/ward-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
+esp_mib=96; root_mib=1100; var_mib=320
 
 echo "==> build wardd and wardctl (release)"
 cargo build --release --locked --quiet -p ward-gateway -p ward-ctl --bins
@@ -61,17 +68,33 @@ target/release/wardctl sbom generate --cargo-metadata "$work/cargo-metadata.json
 install -D -m 0644 "$work/sbom.cdx.json" "$root/usr/share/ward/sbom.cdx.json"
 cp "$work/sbom.cdx.json" "$out/sbom.cdx.json"
 
+echo "==> users (created now: /etc is read-only at run time)"
+systemd-sysusers --root="$root" >/dev/null
+
 echo "==> enable units"
 systemctl --root="$root" enable systemd-networkd.service systemd-networkd-wait-online.service wardd.service ward-firstboot.service ward-boot-report.service >/dev/null 2>&1
 # Root may log in on the serial console in this development image.
 passwd --root "$root" -d root >/dev/null
 
-echo "==> filesystems"
+echo "==> filesystems (read-only root; /var on its own partition)"
 kernel=$(ls "$root"/boot/vmlinuz-* | head -1)
 initrd=$(ls "$root"/boot/initrd.img-* | head -1)
 uuid=$(cat /proc/sys/kernel/random/uuid)
-echo "UUID=$uuid / ext4 errors=remount-ro 0 1" > "$root/etc/fstab"
-mkfs.ext4 -q -F -L wardroot -U "$uuid" -d "$root" "$work/root.img" 1200M
+var_uuid=$(cat /proc/sys/kernel/random/uuid)
+ward_gid=$(awk -F: '$1 == "ward" { print $3 }' "$root/etc/group")
+# The site configuration moves to /var; /etc/ward stays as its mount point.
+mkdir -p "$root/etc/ward"
+mv "$root/etc/ward" "$root/var/lib/ward-config"
+install -d -m 0750 -o 0 -g "$ward_gid" "$root/etc/ward" "$root/var/lib/ward-config"
+cat > "$root/etc/fstab" <<EOT
+UUID=$uuid / ext4 ro,errors=remount-ro 0 1
+UUID=$var_uuid /var ext4 rw,nodev,nosuid,errors=remount-ro 0 2
+/var/lib/ward-config /etc/ward none bind,nodev,nosuid,noexec 0 0
+tmpfs /tmp tmpfs rw,nodev,nosuid,mode=1777,size=64M 0 0
+EOT
+mkfs.ext4 -q -F -L wardvar -U "$var_uuid" -d "$root/var" "$work/var.img" ${var_mib}M
+find "$root/var" -mindepth 1 -delete
+mkfs.ext4 -q -F -L wardroot -U "$uuid" -d "$root" "$work/root.img" ${root_mib}M
 esp="$work/esp.img"
 rm -f "$esp"
 mkfs.vfat -C -n WARDESP "$esp" $((96 * 1024)) >/dev/null
@@ -84,16 +107,17 @@ printf 'title Ward\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=UUID=%s ro 
 mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
 mcopy -i "$esp" "$work/ward.conf" ::/loader/entries/ward.conf
 
-echo "==> disk (GPT: EFI system partition, root)"
+echo "==> disk (GPT: EFI system partition, root, var)"
 disk="$out/ward.img"
-esp_mib=96; root_mib=1200
 rm -f "$disk"
-truncate -s $((1 + esp_mib + root_mib + 1))M "$disk"
+truncate -s $((1 + esp_mib + root_mib + var_mib + 1))M "$disk"
 sfdisk --quiet "$disk" <<EOT
 label: gpt
 start=1MiB, size=${esp_mib}MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp
 start=$((1 + esp_mib))MiB, size=${root_mib}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root
+start=$((1 + esp_mib + root_mib))MiB, size=${var_mib}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=var
 EOT
 dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc status=none
 dd if="$work/root.img" of="$disk" bs=1M seek=$((1 + esp_mib)) conv=notrunc status=none
+dd if="$work/var.img" of="$disk" bs=1M seek=$((1 + esp_mib + root_mib)) conv=notrunc status=none
 echo "==> $disk ($(du -h --apparent-size "$disk" | cut -f1))"
