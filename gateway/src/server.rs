@@ -456,47 +456,23 @@ async fn handle_plain(
             Ok(_) => shared.audit.record("flow", "allowed", serde_json::json!({"flow": flow.name, "leg": "outbound", "device": flow.device, "src": src.to_string()})),
             Err(e) => shared.audit.record("flow", "failed", serde_json::json!({"flow": flow.name, "leg": "outbound", "device": flow.device, "src": src.to_string(), "reason": e.to_string()})),
         }
-        let end = match far {
-            Ok(Far::Tls(s)) => {
-                debug!("far end connected");
-                relay::relay(
-                    relay::io(device),
-                    relay::io(tokio::io::split(s)),
-                    flow.idle_timeout,
-                    counters,
-                    totals,
-                    cancel,
-                )
-                .await
-            }
-            Ok(Far::Quic(send, recv)) => {
-                debug!("far end connected");
-                relay::relay(
-                    relay::io(device),
-                    (recv, send),
-                    flow.idle_timeout,
-                    counters,
-                    totals,
-                    cancel,
-                )
-                .await
-            }
-            Ok(Far::Native(s)) => {
-                debug!("far end connected");
-                relay::relay(
-                    relay::io(device),
-                    relay::io(tokio::io::split(s)),
-                    flow.idle_timeout,
-                    counters,
-                    totals,
-                    cancel,
-                )
-                .await
-            }
+        let far = match far {
+            Ok(f) => f,
             Err(e) => {
                 shared.registry.denied(&flow.name);
                 warn!(error = %e, "flow not opened");
                 return;
+            }
+        };
+        debug!("far end connected");
+        let (idle, device) = (flow.idle_timeout, relay::io(device));
+        let end = match far {
+            Far::Tls(s) | Far::Native(s) => {
+                let far = relay::io(tokio::io::split(s));
+                relay::relay(device, far, idle, counters, totals, cancel).await
+            }
+            Far::Quic(send, recv) => {
+                relay::relay(device, (recv, send), idle, counters, totals, cancel).await
             }
         };
         log_end(&end);
