@@ -4,7 +4,8 @@
 # READY, table inet ward is loaded, and wardctl status answers (serial console
 # markers), and that the tunnel server answers TLS with the gateway's
 # certificate on a forwarded port, that the root filesystem is read-only with
-# /var and /etc/ward writable, and that no unit failed. Prints the serial log
+# /var and /etc/ward writable, and that no unit failed; then that the same
+# image with a changed root partition stops at dm-verity. Prints the serial log
 # on failure.
 #   image/boot-test.sh            (root; ~5 minutes on 2 cores)
 set -euo pipefail
@@ -66,6 +67,8 @@ grep -q "WARD-NFT: table inet ward" "$serial" || fail "table inet ward is not lo
 grep -q "WARD-STATUS: gateway      appliance-01 (spiffe://boot.example/gateway/appliance-01)" "$serial" || fail "wardctl status did not answer"
 grep -q 'WARD-SBOM: "bomFormat": "CycloneDX"' "$serial" || fail "wardctl sbom did not print the shipped SBOM"
 grep -q "WARD-ROOT: ro" "$serial" || fail "the root filesystem is not mounted read-only"
+grep -q "WARD-ROOT-DEV: /dev/mapper/wardroot" "$serial" || fail "the root filesystem is not the dm-verity device"
+grep -q "WARD-VERITY: verified" "$serial" || fail "dm-verity does not report the root filesystem verified"
 grep -q "WARD-ROOT-WRITE: refused" "$serial" || fail "a file could be created under /usr"
 grep -q "WARD-VAR: rw" "$serial" || fail "/var is not mounted read-write"
 grep -q "WARD-ETC-WARD: .*ward-config" "$serial" || fail "/etc/ward is not the configuration on /var"
@@ -75,6 +78,20 @@ subject=$(timeout 20 openssl s_client -connect 127.0.0.1:$port -alpn ward/1 -tls
 grep "^WARD-" "$serial" | sed 's/^/    /'
 echo "    tunnel server via forwarded port: $subject"
 echo "    boot to report: ${ready} s"
+kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
+
+echo "==> a root partition changed on the disk does not boot"
+cp --sparse=always "$work/out/ward.img" "$work/tampered.img"
+. "$work/out/layout"
+# Flip 16 bytes of the root filesystem's superblock (partition offset 1024).
+printf 'TAMPERED-BY-TEST' | dd of="$work/tampered.img" bs=1 seek=$(( ((1 + esp_mib) << 20) + 1024 )) conv=notrunc status=none
+serial="$work/serial-tampered.log"
+boot_image "$work/tampered.img" "$serial"
+caught=$(wait_serial "is corrupted")
+sleep 5
+! grep -q "WARD-REPORT-END" "$serial" || fail "the tampered image booted to the report"
+grep -m1 "is corrupted" "$serial" | tr -d '\r' | sed 's/^/    /'
+echo "    dm-verity refused the tampered root after ${caught} s"
 kill "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
 
 echo "==> first boot of an unprovisioned image: the gateway key and its certificate request"
@@ -88,4 +105,4 @@ tr -d '\r' < "$serial" | sed -n 's/^.*ward-firstboot\[[0-9]*\]: //p' \
 openssl req -in "$work/gateway.csr" -noout -verify 2>&1 | grep -q "verify OK" || fail "the first-boot certificate request does not verify"
 openssl req -in "$work/gateway.csr" -noout -text | grep -q "prime256v1\|P-256" || fail "the first-boot key is not P-256"
 echo "    first boot printed a valid P-256 certificate request after ${first} s"
-echo "boot test: 1 passed, 0 failed (boot to report ${ready} s, first-boot request ${first} s)"
+echo "boot test: 1 passed, 0 failed (boot to report ${ready} s, tampered root refused after ${caught} s, first-boot request ${first} s)"

@@ -3,8 +3,9 @@
 # minimal Debian 12, wardd, wardctl, nftables, the hardened unit, hardened
 # sysctl, networkd, and a first-boot step that creates the gateway's key.
 #
-# The root filesystem is mounted read-only: nothing that runs can change the
-# software. What changes lives on its own partition, /var (journal, wardd's
+# The root filesystem is mounted read-only through dm-verity: nothing that
+# runs can change the software, and a block changed on the disk fails to
+# read instead of being used. What changes lives on its own partition, /var (journal, wardd's
 # state and audit trail, and the site configuration: /var/lib/ward-config is
 # bind-mounted on /etc/ward). /tmp is a tmpfs. The ward user is created at
 # build time, so nothing needs to write /etc at boot.
@@ -32,9 +33,12 @@ cargo build --release --locked --quiet -p ward-gateway -p ward-ctl --bins
 
 echo "==> root tree (mmdebstrap, Debian 12)"
 mmdebstrap --quiet --variant=minbase \
-  --include=systemd,systemd-sysv,systemd-timesyncd,udev,dbus,kmod,linux-image-amd64,initramfs-tools,nftables,iproute2,openssl,ca-certificates \
+  --include=systemd,systemd-sysv,systemd-timesyncd,udev,dbus,kmod,linux-image-amd64,initramfs-tools,cryptsetup-bin,nftables,iproute2,openssl,ca-certificates \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --customize-hook='install -D -m 0755 image/files/initramfs/ward-verity-hook "$1/etc/initramfs-tools/hooks/ward-verity"' \
+  --customize-hook='install -D -m 0755 image/files/initramfs/ward-verity-local-top "$1/etc/initramfs-tools/scripts/local-top/ward-verity"' \
+  --customize-hook='chroot "$1" update-initramfs -u -k all >/dev/null' \
   bookworm "$root" http://deb.debian.org/debian
 
 echo "==> ward files"
@@ -87,7 +91,7 @@ mkdir -p "$root/etc/ward"
 mv "$root/etc/ward" "$root/var/lib/ward-config"
 install -d -m 0750 -o 0 -g "$ward_gid" "$root/etc/ward" "$root/var/lib/ward-config"
 cat > "$root/etc/fstab" <<EOT
-UUID=$uuid / ext4 ro,errors=remount-ro 0 1
+/dev/mapper/wardroot / ext4 ro 0 0
 UUID=$var_uuid /var ext4 rw,nodev,nosuid,errors=remount-ro 0 2
 /var/lib/ward-config /etc/ward none bind,nodev,nosuid,noexec 0 0
 tmpfs /tmp tmpfs rw,nodev,nosuid,mode=1777,size=64M 0 0
@@ -95,6 +99,12 @@ EOT
 mkfs.ext4 -q -F -L wardvar -U "$var_uuid" -d "$root/var" "$work/var.img" ${var_mib}M
 find "$root/var" -mindepth 1 -delete
 mkfs.ext4 -q -F -L wardroot -U "$uuid" -d "$root" "$work/root.img" ${root_mib}M
+# dm-verity: a hash tree over every block of the root filesystem; its root
+# hash goes on the kernel command line (signed together with the kernel once
+# the image uses Secure Boot with a unified kernel image).
+roothash=$(veritysetup format "$work/root.img" "$work/verity.img" | awk '/^Root hash:/ { print $3 }')
+[[ "$roothash" =~ ^[0-9a-f]{64}$ ]] || { echo "veritysetup gave no root hash" >&2; exit 1; }
+verity_mib=$(( ($(stat -c %s "$work/verity.img") + (1 << 20) - 1) >> 20 ))
 esp="$work/esp.img"
 rm -f "$esp"
 mkfs.vfat -C -n WARDESP "$esp" $((96 * 1024)) >/dev/null
@@ -103,21 +113,24 @@ mcopy -i "$esp" /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX6
 mcopy -i "$esp" "$kernel" ::/vmlinuz
 mcopy -i "$esp" "$initrd" ::/initrd.img
 printf 'default ward.conf\ntimeout 0\n' > "$work/loader.conf"
-printf 'title Ward\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=UUID=%s ro console=ttyS0,115200 quiet systemd.show_status=1\n' "$uuid" > "$work/ward.conf"
+printf 'title Ward\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=/dev/mapper/wardroot ward.verity=%s ro console=ttyS0,115200 quiet systemd.show_status=1\n' "$roothash" > "$work/ward.conf"
 mcopy -i "$esp" "$work/loader.conf" ::/loader/loader.conf
 mcopy -i "$esp" "$work/ward.conf" ::/loader/entries/ward.conf
 
-echo "==> disk (GPT: EFI system partition, root, var)"
+echo "==> disk (GPT: EFI system partition, root, its verity hash tree, var)"
 disk="$out/ward.img"
 rm -f "$disk"
-truncate -s $((1 + esp_mib + root_mib + var_mib + 1))M "$disk"
+truncate -s $((1 + esp_mib + root_mib + verity_mib + var_mib + 1))M "$disk"
 sfdisk --quiet "$disk" <<EOT
 label: gpt
 start=1MiB, size=${esp_mib}MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp
-start=$((1 + esp_mib))MiB, size=${root_mib}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root
-start=$((1 + esp_mib + root_mib))MiB, size=${var_mib}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=var
+start=$((1 + esp_mib))MiB, size=${root_mib}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=ward-root
+start=$((1 + esp_mib + root_mib))MiB, size=${verity_mib}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=ward-verity
+start=$((1 + esp_mib + root_mib + verity_mib))MiB, size=${var_mib}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=var
 EOT
 dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc status=none
 dd if="$work/root.img" of="$disk" bs=1M seek=$((1 + esp_mib)) conv=notrunc status=none
-dd if="$work/var.img" of="$disk" bs=1M seek=$((1 + esp_mib + root_mib)) conv=notrunc status=none
+dd if="$work/verity.img" of="$disk" bs=1M seek=$((1 + esp_mib + root_mib)) conv=notrunc status=none
+dd if="$work/var.img" of="$disk" bs=1M seek=$((1 + esp_mib + root_mib + verity_mib)) conv=notrunc status=none
+echo "root_mib=$root_mib esp_mib=$esp_mib roothash=$roothash" > "$out/layout"
 echo "==> $disk ($(du -h --apparent-size "$disk" | cut -f1))"

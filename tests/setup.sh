@@ -25,6 +25,7 @@ packages=(
   e2fsprogs
   fdisk
   systemd-boot-efi
+  cryptsetup-bin
 )
 
 missing=()
