@@ -154,6 +154,44 @@ pub fn render(control: &Control) -> String {
             u8::from(d.quarantined)
         );
     }
+    // QUIC connections this gateway opened, one per peer gateway: what path
+    // MTU discovery settled on (1472 on a 1500-byte LAN, up to 8972 with
+    // jumbo frames), round trip, losses and congestion events.
+    let paths = control.shared.quic.path_stats();
+    let quic: [(&str, &str, &str); 4] = [
+        (
+            "ward_quic_path_mtu_bytes",
+            "gauge",
+            "Largest QUIC datagram payload the path to a peer gateway carries.",
+        ),
+        (
+            "ward_quic_rtt_seconds",
+            "gauge",
+            "Smoothed round trip to a peer gateway over QUIC.",
+        ),
+        (
+            "ward_quic_lost_packets_total",
+            "counter",
+            "QUIC packets to a peer gateway declared lost.",
+        ),
+        (
+            "ward_quic_congestion_events_total",
+            "counter",
+            "Congestion events on the QUIC path to a peer gateway.",
+        ),
+    ];
+    for (i, (name, kind, help)) in quic.iter().enumerate() {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (peer, st) in &paths {
+            let v = match i {
+                0 => f64::from(st.path.current_mtu),
+                1 => st.path.rtt.as_secs_f64(),
+                2 => st.path.lost_packets as f64,
+                _ => st.path.congestion_events as f64,
+            };
+            let _ = writeln!(o, "{name}{{peer=\"{}\"}} {v}", escape(peer));
+        }
+    }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let _ = writeln!(
         o,

@@ -30,11 +30,20 @@ fn transport() -> Arc<TransportConfig> {
     t.max_idle_timeout(Some(IDLE.try_into().expect("the idle timeout fits QUIC's")));
     // Path MTU discovery probes up to jumbo frames: data-centre segments
     // often carry 9000-byte frames, and fewer packets mean less per-packet
-    // work. On a 1500-byte LAN the probes fail and it stays at 1452.
+    // work. On a 1500-byte LAN the probes fail and it stays at 1472 (the UDP payload of a 1500-byte frame).
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(JUMBO_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
+}
+
+/// Advertise that this endpoint takes datagrams up to a jumbo frame. quinn's
+/// default (1472 bytes) caps what the peer may send whatever path MTU
+/// discovery finds: without this, every datagram stayed at 1472 bytes.
+fn accept_jumbo(config: &mut quinn::EndpointConfig) {
+    config
+        .max_udp_payload_size(JUMBO_UDP_PAYLOAD)
+        .expect("a jumbo payload is within QUIC's datagram bounds");
 }
 
 fn server_config(tls: &TlsMaterial) -> std::io::Result<quinn::ServerConfig> {
@@ -58,6 +67,7 @@ pub fn server_endpoint(
 ) -> std::io::Result<Endpoint> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    accept_jumbo(&mut config);
     // Connection ids carry a keyed check; with the key kept too, a restarted
     // endpoint recognises its predecessor's ids and answers them with a reset
     // instead of dropping them silently.
@@ -162,12 +172,9 @@ impl QuicPool {
         let e = udp_socket(self.bind)
             .or_else(|_| udp_socket(SocketAddr::new(crate::server::ANY_V4, 0)))
             .and_then(|socket| {
-                Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    None,
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )
+                let mut config = quinn::EndpointConfig::default();
+                accept_jumbo(&mut config);
+                Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
             })
             .map_err(|e| format!("cannot bind a quic client endpoint: {e}"))?;
         *ep = Some(e.clone());
@@ -249,6 +256,21 @@ impl QuicPool {
         );
         drop(peers);
         conn.open_bi().await.map_err(|e| e.to_string())
+    }
+
+    /// Path figures of each live pooled connection, by peer identity; empty
+    /// when a flow holds the pool at this instant (the next scrape sees them).
+    pub fn path_stats(&self) -> Vec<(String, quinn::ConnectionStats)> {
+        let Ok(peers) = self.peers.try_lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = peers
+            .iter()
+            .filter(|(_, p)| p.conn.close_reason().is_none())
+            .map(|(id, p)| (id.clone(), p.conn.stats()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Whether the pooled connection to `identity` has closed.

@@ -75,7 +75,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     limits: Limits,
     handshakes: Semaphore,
-    quic: QuicPool,
+    /// Outgoing QUIC connections, one per peer gateway.
+    pub(crate) quic: QuicPool,
     quic_server: Option<quinn::Endpoint>,
     clock: Clock,
     /// The audit trail.

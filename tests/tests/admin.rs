@@ -284,6 +284,13 @@ fn prometheus_metrics() {
             .success()
     );
     std::thread::sleep(Duration::from_millis(300));
+    // One flow over QUIC (after the reload, which starts new connections),
+    // then time for path MTU discovery to probe upwards.
+    let mut q = TcpStream::connect(site.echo_quic).expect("connect quic flow");
+    q.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    echo(&mut q, "metric-quic").expect("echo over quic");
+    std::thread::sleep(Duration::from_secs(1));
 
     let scrape = |w: &ward_tests::harness::Wardd| -> serde_json::Value {
         let addr = w.metrics_addr().expect("metrics address in the banner");
@@ -334,6 +341,21 @@ fn prometheus_metrics() {
         e["ward_info|gateway=edge-01|mode=enforce|version=0.1.0"], 1.0,
         "{e}"
     );
+    // The QUIC path to the hub: loopback carries jumbo datagrams, and both
+    // ends accept them, so discovery climbs past the 1472 bytes of a
+    // 1500-byte LAN up to the 8972 of a 9000-byte frame.
+    let quic = |name: &str| -> f64 {
+        e.as_object()
+            .expect("metrics object")
+            .iter()
+            .find(|(k, _)| k.starts_with(name) && k.contains("gateway/hub-dc-01"))
+            .and_then(|(_, v)| v.as_f64())
+            .unwrap_or_else(|| panic!("no {name} for the hub in {e}"))
+    };
+    assert_eq!(quic("ward_quic_path_mtu_bytes|"), 8972.0, "{e}");
+    let rtt = quic("ward_quic_rtt_seconds|");
+    assert!(rtt > 0.0 && rtt < 0.1, "loopback round trip {rtt} s");
+    assert!(quic("ward_quic_congestion_events_total|") >= 0.0);
     let h = scrape(&hub);
     assert_eq!(
         h["ward_handshake_failures_total|reason=no-certificate"], 1.0,
