@@ -19,8 +19,6 @@ pub const MAX_STREAMS: u32 = 4096;
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// A silent peer is given up after this; new flows then reconnect.
 const IDLE: Duration = Duration::from_secs(20);
-/// UDP payload of a 9000-byte IPv4 frame.
-const JUMBO_UDP_PAYLOAD: u16 = 9000 - 20 - 8;
 
 fn transport() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
@@ -28,22 +26,12 @@ fn transport() -> Arc<TransportConfig> {
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(IDLE.try_into().expect("the idle timeout fits QUIC's")));
-    // Path MTU discovery probes up to jumbo frames: data-centre segments
-    // often carry 9000-byte frames, and fewer packets mean less per-packet
-    // work. On a 1500-byte LAN the probes fail and it stays at 1472 (the UDP payload of a 1500-byte frame).
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(JUMBO_UDP_PAYLOAD);
-    t.mtu_discovery_config(Some(mtu));
+    // Path MTU discovery stays at quinn's defaults: it probes from 1200 up
+    // to 1452-byte datagrams (a 1500-byte frame, IPv4 or IPv6). Jumbo
+    // datagrams (8972 bytes, both ends accepting them) were measured: on the
+    // reference machine they cost more CPU per byte, not less (3.55 against
+    // 2.95 CPU-s/GiB over two hops), so they are not enabled.
     Arc::new(t)
-}
-
-/// Advertise that this endpoint takes datagrams up to a jumbo frame. quinn's
-/// default (1472 bytes) caps what the peer may send whatever path MTU
-/// discovery finds: without this, every datagram stayed at 1472 bytes.
-fn accept_jumbo(config: &mut quinn::EndpointConfig) {
-    config
-        .max_udp_payload_size(JUMBO_UDP_PAYLOAD)
-        .expect("a jumbo payload is within QUIC's datagram bounds");
 }
 
 fn server_config(tls: &TlsMaterial) -> std::io::Result<quinn::ServerConfig> {
@@ -67,7 +55,6 @@ pub fn server_endpoint(
 ) -> std::io::Result<Endpoint> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     let mut config = quinn::EndpointConfig::new(Arc::new(key));
-    accept_jumbo(&mut config);
     // Connection ids carry a keyed check; with the key kept too, a restarted
     // endpoint recognises its predecessor's ids and answers them with a reset
     // instead of dropping them silently.
@@ -172,8 +159,7 @@ impl QuicPool {
         let e = udp_socket(self.bind)
             .or_else(|_| udp_socket(SocketAddr::new(crate::server::ANY_V4, 0)))
             .and_then(|socket| {
-                let mut config = quinn::EndpointConfig::default();
-                accept_jumbo(&mut config);
+                let config = quinn::EndpointConfig::default();
                 Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
             })
             .map_err(|e| format!("cannot bind a quic client endpoint: {e}"))?;

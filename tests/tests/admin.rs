@@ -341,9 +341,8 @@ fn prometheus_metrics() {
         e["ward_info|gateway=edge-01|mode=enforce|version=0.1.0"], 1.0,
         "{e}"
     );
-    // The QUIC path to the hub: loopback carries jumbo datagrams, and both
-    // ends accept them, so discovery climbs past the 1472 bytes of a
-    // 1500-byte LAN up to the 8972 of a 9000-byte frame.
+    // The QUIC path to the hub: discovery has probed from quinn's initial
+    // 1200 bytes up to its 1452-byte bound, which loopback carries.
     let quic = |name: &str| -> f64 {
         e.as_object()
             .expect("metrics object")
@@ -352,7 +351,7 @@ fn prometheus_metrics() {
             .and_then(|(_, v)| v.as_f64())
             .unwrap_or_else(|| panic!("no {name} for the hub in {e}"))
     };
-    assert_eq!(quic("ward_quic_path_mtu_bytes|"), 8972.0, "{e}");
+    assert_eq!(quic("ward_quic_path_mtu_bytes|"), 1452.0, "{e}");
     let rtt = quic("ward_quic_rtt_seconds|");
     assert!(rtt > 0.0 && rtt < 0.1, "loopback round trip {rtt} s");
     assert!(quic("ward_quic_congestion_events_total|") >= 0.0);
