@@ -83,11 +83,15 @@ impl Audit {
         if let Value::Object(f) = fields {
             m.extend(f);
         }
-        let line = Value::Object(m).to_string();
-        match writeln!(inner.file, "{line}") {
+        let mut line = Value::Object(m).to_string();
+        let hash = hash_line(&line);
+        line.push('\n');
+        // One write of the whole record (the file is opened for appending):
+        // a crash never leaves half a line for the next record to follow.
+        match inner.file.write_all(line.as_bytes()) {
             Ok(()) => {
                 inner.seq += 1;
-                inner.prev = hash_line(&line);
+                inner.prev = hash;
                 self.appended.notify_one();
             }
             Err(e) => {

@@ -14,8 +14,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Lower-case hex SHA-256 of one record line (without its newline).
 pub fn hash_line(line: &str) -> String {
-    let d = Sha256::digest(line.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(line.as_bytes()))
 }
 
 /// The chain fields every record has.
