@@ -45,6 +45,21 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric family: its HELP and TYPE lines, then a sample per row,
+/// labelled `label="<the row's key>"`.
+fn family<T, V: std::fmt::Display>(
+    o: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    rows: &[(String, T)],
+    value: impl Fn(&T) -> V,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (key, row) in rows {
+        let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {}", escape(key), value(row));
+    }
+}
+
 /// The metrics page.
 pub fn render(control: &Control) -> String {
     let mut o = String::new();
@@ -91,17 +106,16 @@ pub fn render(control: &Control) -> String {
         ),
         ("ward_tunnels_active", "gauge", "Connections open per flow."),
     ];
-    for (i, (name, kind, help)) in families.iter().enumerate() {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (flow, s) in &stats {
-            let v = match i {
-                0 => s.opened.load(Ordering::Relaxed),
-                1 => s.denied.load(Ordering::Relaxed),
-                _ => s.active.load(Ordering::Relaxed),
-            };
-            let _ = writeln!(o, "{name}{{flow=\"{}\"}} {v}", escape(flow));
-        }
-    }
+    let [opened, denied, active] = families;
+    family(&mut o, opened, "flow", &stats, |s| {
+        s.opened.load(Ordering::Relaxed)
+    });
+    family(&mut o, denied, "flow", &stats, |s| {
+        s.denied.load(Ordering::Relaxed)
+    });
+    family(&mut o, active, "flow", &stats, |s| {
+        s.active.load(Ordering::Relaxed)
+    });
     let _ = writeln!(
         o,
         "# HELP ward_flow_bytes_total Bytes per flow and direction (up: from the device or client).\n# TYPE ward_flow_bytes_total counter"
@@ -180,18 +194,13 @@ pub fn render(control: &Control) -> String {
             "Congestion events on the QUIC path to a peer gateway.",
         ),
     ];
-    for (i, (name, kind, help)) in quic.iter().enumerate() {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (peer, st) in &paths {
-            let v = match i {
-                0 => f64::from(st.path.current_mtu),
-                1 => st.path.rtt.as_secs_f64(),
-                2 => st.path.lost_packets as f64,
-                _ => st.path.congestion_events as f64,
-            };
-            let _ = writeln!(o, "{name}{{peer=\"{}\"}} {v}", escape(peer));
-        }
-    }
+    let [mtu, rtt, lost, congestion] = quic;
+    family(&mut o, mtu, "peer", &paths, |p| p.path.current_mtu);
+    family(&mut o, rtt, "peer", &paths, |p| p.path.rtt.as_secs_f64());
+    family(&mut o, lost, "peer", &paths, |p| p.path.lost_packets);
+    family(&mut o, congestion, "peer", &paths, |p| {
+        p.path.congestion_events
+    });
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let _ = writeln!(
         o,

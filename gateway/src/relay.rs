@@ -128,8 +128,9 @@ impl<R: AsyncRead + Unpin> Source for Io<R> {
     }
 }
 
-/// Chunks gathered into one vectored write at most.
-const GATHER: usize = 64;
+/// Chunks gathered into one vectored write at most (as many as a QUIC
+/// stream hands over at once).
+const GATHER: usize = 16;
 
 impl<W: AsyncWrite + Unpin> Sink for Io<W> {
     async fn send(&mut self, data: &mut Vec<Bytes>) -> std::io::Result<()> {
@@ -141,12 +142,14 @@ impl<W: AsyncWrite + Unpin> Sink for Io<W> {
             if first == data.len() {
                 break;
             }
-            let slices: Vec<std::io::IoSlice<'_>> = data[first..]
-                .iter()
-                .take(GATHER)
-                .map(|b| std::io::IoSlice::new(b))
-                .collect();
-            let mut n = self.io.write_vectored(&slices).await?;
+            // On the stack: no allocation per write on the data path.
+            let mut slices = [std::io::IoSlice::new(&[]); GATHER];
+            let mut k = 0;
+            for b in data[first..].iter().take(GATHER) {
+                slices[k] = std::io::IoSlice::new(b);
+                k += 1;
+            }
+            let mut n = self.io.write_vectored(&slices[..k]).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -174,7 +177,7 @@ impl Source for quinn::RecvStream {
         // The stream's own buffers, handed on without a copy; all that has
         // arrived at once, so the far side gets one write for many packets.
         // Kept small: the array lives in the future of every quiet tunnel.
-        let mut chunks: [Bytes; 16] = std::array::from_fn(|_| Bytes::new());
+        let mut chunks: [Bytes; GATHER] = std::array::from_fn(|_| Bytes::new());
         match self.read_chunks(&mut chunks).await? {
             Some(n) => {
                 out.extend(chunks.into_iter().take(n));

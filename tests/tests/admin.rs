@@ -354,7 +354,13 @@ fn prometheus_metrics() {
     assert_eq!(quic("ward_quic_path_mtu_bytes|"), 1452.0, "{e}");
     let rtt = quic("ward_quic_rtt_seconds|");
     assert!(rtt > 0.0 && rtt < 0.1, "loopback round trip {rtt} s");
-    assert!(quic("ward_quic_congestion_events_total|") >= 0.0);
+    // Counters, present for the hub and whole numbers.
+    for counter in [
+        "ward_quic_lost_packets_total|",
+        "ward_quic_congestion_events_total|",
+    ] {
+        assert_eq!(quic(counter).fract(), 0.0, "{counter} in {e}");
+    }
     let h = scrape(&hub);
     assert_eq!(
         h["ward_handshake_failures_total|reason=no-certificate"], 1.0,
