@@ -66,7 +66,8 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
                 }
             };
             if nft {
-                let v: serde_json::Value = serde_json::from_str(&plan.to_nft_json())?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&ward_policy::nft::render_json(&plan))?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -199,9 +200,10 @@ fn render_plan(plan: &Plan) -> String {
     }
     let _ = writeln!(o, "\nlisteners:");
     for l in &plan.listeners {
-        let kind = match l.kind {
-            ward_policy::ListenerKind::Plain => "plain (devices)",
-            ward_policy::ListenerKind::Tls => "tls, client certificate required",
+        let kind = match l.leg {
+            ward_policy::Leg::Outbound => "plain (devices)",
+            ward_policy::Leg::Access => "tls, client certificate required",
+            ward_policy::Leg::Tunnel => "tunnel server",
         };
         let _ = writeln!(o, "  {:<24} {kind}", l.addr.to_string());
     }

@@ -1,310 +1,335 @@
-//! `wardd`'s lifecycle: validate everything before binding a port, apply the
-//! ruleset, serve, reload on SIGHUP or when TLS files change, drain on SIGTERM.
+//! `wardd`'s lifecycle: the start order, serving, and the drain.
+//!
+//! Start: configuration, policy and TLS material loaded and validated →
+//! every socket bound (QUIC reset key, audit trail, admin socket, metrics,
+//! every listener, the QUIC endpoint) → the ruleset applied → "policy
+//! applied" audited → READY. A failure before the ruleset is applied leaves
+//! the previous ruleset, and the audit trail, as they were.
+//!
+//! Signals are not handled here: [`Gateway::serve`] takes a shutdown future
+//! and a stream of reload triggers, so `main` wires signals to them and
+//! tests run gateways inside the test process.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
-use ward_policy::{Plan, Severity, ValidateOptions};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use ward_api::audit::{AuditEvent, PolicyAction};
 
-use crate::config::{Config, ConfigError, Overrides};
-use crate::control::Control;
-use crate::nft::Nft;
-use crate::server::{Clock, Gateway, Shared};
-use crate::tls::{TlsError, TlsMaterial};
+use crate::audit::Audit;
+use crate::audit::forward::{self, Forwarder};
+use crate::config::{Config, LoadError};
+use crate::control::nft::{ApplyError, Nft};
+use crate::control::{self, Control, Sources, Started};
+use crate::ops::telemetry;
+use crate::proxy::{BindError, Clock, Listeners, ProxyState, Serving};
+use crate::transport::quic::{self, QuicPool};
+use crate::transport::tls::TlsMaterial;
 
-/// Why `wardd` could not start; each maps to an exit code.
+/// After the drain period, cut connections get this long to unwind.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why `wardd` could not start. Nothing was applied unless the variant
+/// says so; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
-    /// Bad configuration (exit 78).
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// Bad TLS material (exit 78).
-    #[error("tls: {0}")]
-    Tls(#[from] TlsError),
-    /// Bad policy (exit 65): every diagnostic.
-    #[error("invalid policy: {}", .0.join("; "))]
-    Policy(Vec<String>),
-    /// Anything else (exit 1).
-    #[error("{0}")]
-    Other(String),
+    /// Configuration, policy or TLS material (exit 78, or 65 for the policy).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The state directory or the QUIC reset key in it (exit 73).
+    #[error("state: {path}: {source}")]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The audit trail cannot be opened (exit 73).
+    #[error("audit trail {path}: {source}")]
+    Audit {
+        /// The trail.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin socket cannot be bound (exit 69).
+    #[error("admin socket {path}: {source}")]
+    AdminSocket {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metrics listener cannot be bound (exit 69).
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A data-path listener cannot be bound (exit 69).
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// nft refused the ruleset; the previous one stays (exit 1).
+    #[error("applying the ruleset: {0}")]
+    Nft(#[from] ApplyError),
 }
 
 impl StartError {
-    /// Process exit code, per STYLE §8.
+    /// Process exit code (sysexits): 78 configuration, 65 policy, 73 state
+    /// files, 69 an address or socket not available, 1 nft refused.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Config(_) | StartError::Tls(_) => 78,
-            StartError::Policy(_) => 65,
-            StartError::Other(_) => 1,
+            StartError::Load(e) => e.exit_code(),
+            StartError::State { .. } | StartError::Audit { .. } => 73,
+            StartError::AdminSocket { .. } | StartError::Metrics { .. } | StartError::Bind(_) => 69,
+            StartError::Nft(_) => 1,
         }
     }
 }
 
-/// Read, validate and compile the policy for `config.gateway`.
-pub fn load_plan(config: &Config) -> Result<Plan, StartError> {
-    let text = std::fs::read_to_string(&config.policy).map_err(|e| {
-        StartError::Config(ConfigError(vec![format!(
-            "policy: {}: {e}",
-            config.policy.display()
-        )]))
-    })?;
-    let name = config.policy.display().to_string();
-    let (policy, warnings) = ward_policy::load(
-        &name,
-        &text,
-        &ValidateOptions {
-            today: Some(today()),
-        },
-    )
-    .map_err(|d| {
-        StartError::Policy(
-            d.iter()
-                .filter(|d| d.severity == Severity::Error)
-                .map(|d| d.to_string())
-                .collect(),
-        )
-    })?;
-    for w in warnings {
-        warn!(diagnostic = %w, "policy warning");
-    }
-    ward_policy::compile(&policy, &config.gateway)
-        .map_err(|e| StartError::Config(ConfigError(vec![format!("gateway: {e} ({name})")])))
-}
-
-fn today() -> ward_policy::model::Date {
-    let now = time::OffsetDateTime::now_utc();
-    ward_policy::model::Date {
-        year: now.year() as u16,
-        month: u8::from(now.month()),
-        day: now.day(),
-    }
-}
-
-/// Everything `wardd check` verifies, without binding or applying anything.
-pub fn check(
-    config_file: Option<&Path>,
-    overrides: &Overrides,
-) -> Result<(Config, Plan), StartError> {
-    let config = Config::load(config_file, overrides)?;
-    let plan = load_plan(&config)?;
-    TlsMaterial::load(&config.tls, &plan.identity)?;
-    Ok((config, plan))
-}
-
-/// Run the daemon until SIGTERM or SIGINT.
-///
-/// `config` is what `config_file` and `overrides` gave when the process
-/// started (the runtime's worker count comes from it); reloads read them again.
-pub async fn run(
+/// A started gateway: every socket bound, the ruleset applied, READY sent;
+/// nothing served until [`Gateway::serve`].
+pub struct Gateway {
+    control: Arc<Control>,
+    proxy: Arc<ProxyState>,
+    listeners: Option<Listeners>,
+    admin: Option<tokio::net::UnixListener>,
+    metrics: Option<tokio::net::TcpListener>,
+    forwarder: Option<Forwarder>,
     config: Config,
-    config_file: Option<PathBuf>,
-    overrides: Overrides,
-) -> Result<(), StartError> {
-    // Tracing starts once the configuration says where spans go; errors
-    // before this point are printed by main.
-    let telemetry = crate::telemetry::init(config.otlp.as_ref())
-        .map_err(|e| StartError::Config(ConfigError(vec![e])))?;
-    let plan = Arc::new(load_plan(&config)?);
-    // Every tunnel holds two sockets; the default soft limit (1024) would cap
-    // a gateway at a few hundred connections.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => info!(nofile = n, "file descriptor limit"),
-        Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
-    }
-    let tls = Arc::new(TlsMaterial::load(&config.tls, &plan.identity)?);
-    // Devices an admin quarantined before a restart stay quarantined.
-    let runtime_quarantine = crate::control::load_runtime_quarantine(&config.state_dir);
-    let base = plan.clone();
-    let plan = Arc::new(plan.with_quarantine(runtime_quarantine.iter().map(String::as_str)));
-    let nft = Nft::default();
-    if config.apply_nft {
-        let applied = nft
-            .apply_json(&plan.to_nft_json())
-            .map_err(|e| StartError::Other(format!("applying the ruleset: {e}")))?;
-        info!(
-            elapsed_ms = applied.elapsed.as_millis() as u64,
-            revision = %crate::control::revision(&plan),
-            "ruleset applied: table inet ward"
-        );
-    } else {
-        warn!(
-            "nft.apply = false: the ruleset is not applied (testing only); devices are not isolated"
-        );
-    }
-    let clock = config.fake_now.map_or(Clock::System, Clock::Fixed);
-    let reset_key = crate::quic::reset_key(&config.state_dir)
-        .map_err(|e| StartError::Other(format!("state: {e}")))?;
-    let admin = crate::admin::bind(&config.admin_socket).map_err(|e| {
-        StartError::Other(format!(
-            "admin socket {}: {e}",
-            config.admin_socket.display()
-        ))
-    })?;
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Other(format!("metrics listener {addr}: {e}")))?,
-        ),
-        None => None,
-    };
-    let audit_path = config.state_dir.join("audit.jsonl");
-    let audit =
-        Arc::new(crate::audit::Audit::open(&audit_path).map_err(|e| {
-            StartError::Other(format!("audit trail {}: {e}", audit_path.display()))
-        })?);
-    audit.record(
-        "policy",
-        "applied",
-        serde_json::json!({"trigger": "start", "revision": crate::control::revision(&plan), "policy": config.policy.display().to_string(), "nft": config.apply_nft}),
-    );
-    let gateway = Gateway::bind(
-        plan.clone(),
-        tls.clone(),
-        config.limits,
-        clock,
-        config.quic_bind,
-        &reset_key,
-        audit.clone(),
-    )
-    .await
-    .map_err(|e| StartError::Other(e.to_string()))?;
-    let mut addrs: Vec<String> = gateway
-        .local_addrs()
-        .iter()
-        .map(|(what, a)| format!("{what}={a}"))
-        .collect();
-    addrs.push(format!("admin={}", config.admin_socket.display()));
-    if let Some(m) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
-        addrs.push(format!("metrics={m}"));
-    }
-    info!(
-        version = env!("CARGO_PKG_VERSION"),
-        gateway = %plan.gateway,
-        identity = %plan.identity,
-        mode = %plan.mode,
-        workers = config.workers,
-        listen = %addrs.join(" "),
-        "wardd ready"
-    );
-    let shared = gateway.shared();
-    crate::telemetry::register_metrics(&telemetry, shared.registry.clone());
-    let shutdown = CancellationToken::new();
-    let control = Arc::new(Control::new(
-        shared.clone(),
-        &config,
-        config_file.clone(),
-        overrides.clone(),
-        base,
-        runtime_quarantine,
-        addrs,
-    ));
-    crate::admin::spawn_admin(admin, control.clone(), shutdown.clone());
-    // systemd (Type=notify): ready only now, with every port bound and the
-    // ruleset applied. Outside systemd these calls do nothing.
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("serving"),
-    ]);
-    if let Some(m) = metrics {
-        crate::metrics::spawn_metrics(m, control.clone(), shutdown.clone());
-    }
-    if let Some(target) = config.audit_forward.clone() {
-        crate::forward::spawn_forwarder(
-            shared.clone(),
-            audit_path.clone(),
-            config.state_dir.clone(),
-            target,
-            plan.gateway.clone(),
-            audit.appended.clone(),
-            shutdown.clone(),
-        );
-    }
-    let serving = tokio::spawn(gateway.run(shutdown.clone()));
-    spawn_tls_watch(shared.clone(), config.clone(), shutdown.clone());
+    addrs: Vec<(String, String)>,
+}
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
-    // The watchdog is pinged from this loop, so a wedged main loop gets the
-    // service restarted (the ruleset stays meanwhile: fail closed).
-    let watchdog = sd_notify::watchdog_enabled();
-    let mut ping =
-        tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
-    loop {
-        tokio::select! {
-            _ = ping.tick(), if watchdog.is_some() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
-            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => {
-                let span = tracing::info_span!("reload", trigger = "SIGHUP");
-                let _e = span.enter();
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                let r = control.reload("SIGHUP");
-                let status = if r.ok { "serving".to_owned() } else { format!("serving; last reload rejected: {}", r.error.unwrap_or_default()) };
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
-            }
+/// The address outgoing QUIC binds to.
+fn quic_client_bind(config: &Config) -> SocketAddr {
+    match config.quic_bind {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+impl Gateway {
+    /// Start a gateway with `config` (as `sources` gave it): load the policy
+    /// and TLS material, bind everything, apply the ruleset, audit it.
+    pub async fn start(
+        config: Config,
+        sources: Sources,
+        telemetry: &telemetry::Guard,
+    ) -> Result<Gateway, StartError> {
+        let base = Arc::new(crate::config::load_plan(&config)?);
+        let tls =
+            Arc::new(TlsMaterial::load(&config.tls, &base.identity).map_err(LoadError::from)?);
+        // Every tunnel holds two sockets; the default soft limit (1024) would
+        // cap a gateway at a few hundred connections.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => info!(nofile = n, "file descriptor limit"),
+            Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
         }
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    shutdown.cancel();
-    let _ = serving.await;
-    let _ = std::fs::remove_file(&config.admin_socket);
-    info!("wardd stopped; the ruleset stays in place (fail closed)");
-    drop(telemetry);
-    Ok(())
-}
+        // Devices an admin quarantined before a restart stay quarantined.
+        let quarantine: BTreeSet<String> = control::load_runtime_quarantine(&config.state_dir);
+        let plan = Arc::new(base.with_quarantine(quarantine.iter().map(String::as_str)));
 
-fn mtimes(config: &Config) -> Vec<Option<SystemTime>> {
-    let mut paths = vec![&config.tls.ca, &config.tls.cert, &config.tls.key];
-    if let Some(c) = &config.tls.crl {
-        paths.push(c);
-    }
-    paths
-        .into_iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
-}
+        // Bind everything before touching the ruleset.
+        let reset_key = quic::reset_key(&config.state_dir).map_err(|source| StartError::State {
+            path: config.state_dir.join("quic-reset.key"),
+            source,
+        })?;
+        let audit_path = config.state_dir.join("audit.jsonl");
+        let audit = Arc::new(
+            Audit::open(&audit_path).map_err(|source| StartError::Audit {
+                path: audit_path.clone(),
+                source,
+            })?,
+        );
+        let admin = crate::ops::admin::bind(&config.admin_socket).map_err(|source| {
+            StartError::AdminSocket {
+                path: config.admin_socket.clone(),
+                source,
+            }
+        })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        let listeners = Listeners::bind(&plan, &tls, &reset_key).await?;
 
-/// Reload certificates and CRL when their files change, without dropping
-/// tunnels (except those of a peer the new CRL revokes).
-fn spawn_tls_watch(shared: Arc<Shared>, config: Config, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut seen = mtimes(&config);
+        if config.apply_nft {
+            let batch = ward_policy::nft::render_json(&plan);
+            let applied = tokio::task::spawn_blocking(move || Nft::default().apply_json(&batch))
+                .await
+                .expect("the nft apply task does not panic")?;
+            info!(
+                elapsed_ms = applied.elapsed.as_millis() as u64,
+                revision = %control::revision(&plan),
+                "ruleset applied: table inet ward"
+            );
+        } else {
+            warn!(
+                "nft.apply = false: the ruleset is not applied (testing only); devices are not isolated"
+            );
+        }
+        audit.record(AuditEvent::Policy {
+            action: PolicyAction::Applied,
+            trigger: "start".into(),
+            revision: control::revision(&plan),
+            policy: Some(config.policy.display().to_string()),
+            nft: Some(config.apply_nft),
+            error: None,
+        });
+
+        let mut addrs: Vec<(String, String)> = listeners
+            .local_addrs()
+            .into_iter()
+            .map(|(what, a)| (what, a.to_string()))
+            .collect();
+        addrs.push(("admin".into(), config.admin_socket.display().to_string()));
+        if let Some(a) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+            addrs.push(("metrics".into(), a.to_string()));
+        }
+        let (plan_tx, plan_rx) = watch::channel(plan.clone());
+        let (tls_tx, tls_rx) = watch::channel(tls);
+        let proxy = Arc::new(ProxyState::new(
+            plan_rx,
+            tls_rx.clone(),
+            config.limits,
+            config.fake_now.map_or(Clock::System, Clock::Fixed),
+            QuicPool::new(quic_client_bind(&config), tls_rx.clone()),
+            audit.clone(),
+        ));
+        telemetry::register_metrics(telemetry, proxy.registry.clone());
+        let forwarder = config.audit_forward.clone().map(|target| Forwarder {
+            trail: audit_path,
+            state_dir: config.state_dir.clone(),
+            target,
+            hostname: plan.gateway.clone(),
+            wake: audit.appended.clone(),
+            tls: tls_rx,
+        });
+        let control = Arc::new(Control::new(
+            proxy.clone(),
+            sources,
+            Started {
+                config: config.clone(),
+                base,
+                quarantine,
+                plan_tx,
+                tls_tx,
+                listeners: addrs.iter().map(|(w, a)| format!("{w}={a}")).collect(),
+            },
+        ));
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            gateway = %plan.gateway,
+            identity = %plan.identity,
+            mode = %plan.mode,
+            workers = config.workers,
+            listen = %addrs.iter().map(|(w, a)| format!("{w}={a}")).collect::<Vec<_>>().join(" "),
+            "wardd ready"
+        );
+        Ok(Gateway {
+            control,
+            proxy,
+            listeners: Some(listeners),
+            admin: Some(admin),
+            metrics,
+            forwarder,
+            config,
+            addrs,
+        })
+    }
+
+    /// Every bound address with what it is (`outbound`, `access`,
+    /// `tunnel-tls`, `tunnel-quic`, `admin`, `metrics`).
+    pub fn addrs(&self) -> &[(String, String)] {
+        &self.addrs
+    }
+
+    /// The control surface (reload, quarantine, views).
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
+    /// Serve until `shutdown` completes; every item of `reloads` (its
+    /// trigger name) reloads. Then stop accepting, give open connections
+    /// `limits.drain_timeout` to finish, cut the rest, close the QUIC
+    /// endpoints. The ruleset stays in place (fail closed).
+    pub async fn serve(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        mut reloads: mpsc::Receiver<String>,
+    ) {
+        let root = CancellationToken::new();
+        let cut = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let serving: Serving = self.listeners.take().expect("serve runs once").spawn(
+            &tracker,
+            self.proxy.clone(),
+            &root,
+            &cut,
+        );
+        if let Some(admin) = self.admin.take() {
+            crate::ops::admin::spawn_admin(&tracker, admin, self.control.clone(), root.clone());
+        }
+        if let Some(m) = self.metrics.take() {
+            crate::ops::metrics::spawn_metrics(&tracker, m, self.control.clone(), root.clone());
+        }
+        if let Some(f) = self.forwarder.take() {
+            forward::spawn_forwarder(&tracker, f, root.clone());
+        }
+        control::spawn_file_watch(&tracker, self.control.clone(), root.clone());
+        // systemd (Type=notify): ready only now, with every port bound and
+        // the ruleset applied. Outside systemd these calls do nothing.
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
+        // The watchdog is pinged from this loop, so a wedged loop gets the
+        // service restarted (the ruleset stays meanwhile: fail closed).
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(config.tls_watch) => {}
-            }
-            let now = mtimes(&config);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            let identity = shared.plan().identity.clone();
-            match TlsMaterial::load(&config.tls, &identity) {
-                Ok(tls) => {
-                    let revoked = tls.revoked.len();
-                    shared.audit.record(
-                        "certificate",
-                        "reloaded",
-                        serde_json::json!({"crl_entries": revoked, "not_after": tls.not_after}),
-                    );
-                    shared.set_tls(Arc::new(tls));
-                    let closed = shared.close_revoked();
-                    info!(
-                        crl_entries = revoked,
-                        closed, "tls files changed: certificates and CRL reloaded"
-                    );
+                _ = ping.tick(), if watchdog.is_some() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
-                Err(e) => {
-                    error!(error = %e, "tls files changed but do not load; keeping the previous ones")
-                }
+                () = &mut shutdown => break,
+                Some(trigger) = reloads.recv() => { self.control.reload(&trigger).await; }
             }
         }
-    });
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        root.cancel();
+        tracker.close();
+        let open = self.proxy.registry.snapshot().len();
+        if open > 0 {
+            info!(open, drain = ?self.config.limits.drain_timeout, "shutdown: draining open connections");
+        }
+        if timeout(self.config.limits.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            let left = self.proxy.registry.snapshot();
+            warn!(cut = left.len(), flows = ?left.iter().map(|l| l.flow.as_str()).collect::<Vec<_>>(), "shutdown: drain period over, closing the remaining connections");
+            cut.cancel();
+            let _ = timeout(CUT_GRACE, tracker.wait()).await;
+        }
+        serving.close().await;
+        let _ = std::fs::remove_file(&self.config.admin_socket);
+        info!("wardd stopped; the ruleset stays in place (fail closed)");
+    }
 }

@@ -6,17 +6,36 @@
 //! plan, and the nftables ruleset.
 //!
 //! # Layout
-//! - [`config`]: figment layers into a validated [`config::Config`].
-//! - [`daemon`]: start (validate before binding), TLS file watch, shutdown.
-//! - [`control`]: reload, runtime quarantine, the admin views; [`admin`]: the
-//!   admin API on a Unix socket; [`audit`]: the hash-chained audit trail;
-//!   [`forward`]: the trail as syslog over TLS; [`metrics`]: Prometheus text.
-//! - [`server`]: the listener kinds and the tunnel server; [`quic`]: the QUIC transport.
-//! - [`proto`]: the `ward/1` open frame; [`relay`]: both-way copy with half-close,
-//!   idle timeout and counters; [`registry`]: live connections and limits.
-//! - [`tls`]: certificates, CRL and rustls configs; [`bufio`]: large socket
-//!   reads under TLS; [`nft`]: ruleset apply.
-//! - [`telemetry`]: logging setup.
+//! Layers, top to bottom; a module uses only layers below it and its own
+//! folder, and the module graph has no cycle.
+//! ```text
+//! main.rs        arguments, logging, runtime, signals → shutdown future + reload stream
+//! daemon.rs      start order (load → bind → apply → audit → READY), serve, drain
+//! ops/           how the gateway is watched and steered
+//!   http.rs        one hyper serve loop for the admin socket and the metrics port
+//!   admin.rs       admin API routes; errors → HTTP status in one place
+//!   metrics.rs     Prometheus text
+//!   telemetry.rs   logging, OTLP export
+//! control/       what changes a running gateway
+//!   mod.rs         Control: the plan and TLS `watch` senders, reload, quarantine, views
+//!   nft.rs         ruleset apply and counters (`nft -j`)
+//! proxy/         the data path, one file per leg of DESIGN §3.1
+//!   outbound.rs    device → tunnel or TLS server
+//!   tunnel.rs      the `ward/1` tunnel server (TLS and QUIC) → target
+//!   access.rs      TLS client → device
+//!   handshake.rs   TLS/QUIC accept with client certificates, one failure path
+//!   conn.rs        admit → relay → log, shared by the legs
+//!   registry.rs    live connections, limits, statistics
+//!   state.rs       ProxyState: what connection tasks read; re-authorization
+//! audit/         the hash-chained trail (mod.rs), syslog-over-TLS forwarding (forward.rs)
+//! config/        figment layers; load() → configuration + plan + TLS material
+//! transport/     bytes between gateways; knows no listener and no policy
+//!   frame.rs       the `ward/1` open frame and typed answers
+//!   tls.rs         TLS material, SPIFFE verification
+//!   quic.rs        QUIC endpoints, the per-peer pool
+//!   relay.rs       both-way copy with half-close, idle timeout, counters
+//!   bufio.rs       large socket reads under TLS
+//! ```
 //!
 //! # What this crate does not do
 //! It does not decide policy: every decision comes from `ward-policy`'s pure
@@ -26,19 +45,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
 pub mod audit;
-pub mod bufio;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod forward;
-pub mod metrics;
-pub mod nft;
-pub mod proto;
-pub mod quic;
-pub mod registry;
-pub mod relay;
-pub mod server;
-pub mod telemetry;
-pub mod tls;
+pub mod ops;
+pub mod proxy;
+pub mod transport;

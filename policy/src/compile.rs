@@ -32,8 +32,9 @@ fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
-/// Everything one gateway needs to run: listeners, routes, authorization
-/// tables, and its nftables ruleset. Deterministic for a given policy.
+/// Everything one gateway needs to run: listeners, routes and authorization
+/// tables. Deterministic for a given policy; [`crate::nft::render`] turns it
+/// into the gateway's nftables ruleset.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// This gateway's name.
@@ -63,18 +64,39 @@ pub struct Plan {
     pub exceptions: Vec<ExceptionPlan>,
     /// Interfaces facing devices.
     pub device_interfaces: Vec<String>,
-    #[serde(skip)]
-    pub(crate) nft: nftables::schema::Nftables<'static>,
 }
 
-/// What a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// The three legs of a connection through a gateway (DESIGN §3.1). One
+/// vocabulary from the plan's listeners through the daemon's files, the admin
+/// API, metrics labels and audit records.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
-pub enum ListenerKind {
-    /// Cleartext from devices; each connection goes out through a tunnel or as TLS.
-    Plain,
-    /// TLS with a required client certificate; connections go to a device in cleartext.
-    Tls,
+pub enum Leg {
+    /// Cleartext from a device → this gateway → a tunnel or a TLS server.
+    Outbound,
+    /// A peer gateway's `ward/1` tunnel → this gateway → the flow's target.
+    Tunnel,
+    /// A TLS client with a certificate → this gateway → a device port.
+    Access,
+}
+
+impl Leg {
+    /// Lower-case name, as in metrics labels and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leg::Outbound => "outbound",
+            Leg::Tunnel => "tunnel",
+            Leg::Access => "access",
+        }
+    }
+}
+
+impl std::fmt::Display for Leg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One listening address.
@@ -82,8 +104,10 @@ pub enum ListenerKind {
 pub struct Listener {
     /// Where to bind.
     pub addr: SocketAddr,
-    /// What it accepts.
-    pub kind: ListenerKind,
+    /// The leg its connections start: [`Leg::Outbound`] (cleartext from
+    /// devices) or [`Leg::Access`] (TLS with a required client certificate).
+    /// The tunnel server is [`Plan::tunnel_server`], not a listener.
+    pub leg: Leg,
 }
 
 /// One entry of the route table.
@@ -382,35 +406,20 @@ impl Plan {
 
     /// This plan with `devices` quarantined in addition to what the policy
     /// quarantines (an admin's runtime action): the devices' flags, the
-    /// tunnel flows of those devices, and the ruleset. Unknown ids are ignored.
+    /// tunnel flows of those devices (and so its rendered ruleset). Unknown ids are ignored.
     pub fn with_quarantine<'a>(&self, devices: impl IntoIterator<Item = &'a str>) -> Plan {
         let mut plan = self.clone();
-        let mut changed = false;
         for id in devices {
             if let Some(d) = plan.devices.get_mut(id)
                 && !d.quarantined
             {
                 d.quarantined = true;
-                changed = true;
             }
             for t in plan.tunnels.values_mut().filter(|t| t.device == id) {
                 t.quarantined = true;
             }
         }
-        if changed {
-            plan.nft = crate::nft::ruleset(&plan);
-        }
         plan
-    }
-
-    /// The nftables batch that replaces table `inet ward` in one transaction.
-    pub fn nft(&self) -> &nftables::schema::Nftables<'static> {
-        &self.nft
-    }
-
-    /// The nftables batch as JSON for `nft -j -f -`.
-    pub fn to_nft_json(&self) -> String {
-        serde_json::to_string(&self.nft).expect("nft schema types always serialize")
     }
 }
 
@@ -505,7 +514,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                     };
                     listeners.push(Listener {
                         addr: f.listen.value,
-                        kind: ListenerKind::Plain,
+                        leg: Leg::Outbound,
                     });
                     routes.push(Route {
                         src: dev.ip.value,
@@ -562,7 +571,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                 }
                 listeners.push(Listener {
                     addr: f.listen.value,
-                    kind: ListenerKind::Tls,
+                    leg: Leg::Access,
                 });
                 access.push(AccessRule {
                     flow: f.name.value.clone(),
@@ -605,7 +614,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
         })
         .collect();
 
-    let mut plan = Plan {
+    let plan = Plan {
         gateway: gateway.to_owned(),
         identity: policy.gateway_identity(gateway),
         trust_domain: policy.trust_domain.value.clone(),
@@ -623,10 +632,6 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
             .iter()
             .map(|i| i.value.clone())
             .collect(),
-        nft: nftables::schema::Nftables {
-            objects: Vec::new().into(),
-        },
     };
-    plan.nft = crate::nft::ruleset(&plan);
     Ok(plan)
 }

@@ -115,7 +115,7 @@ fn flow_view(plan: &Plan) -> BTreeMap<String, serde_json::Value> {
 /// One line per nft object or rule, comparable as text.
 pub fn rule_lines(plan: &Plan) -> BTreeSet<String> {
     let mut lines = BTreeSet::new();
-    for o in plan.nft().objects.iter() {
+    for o in crate::nft::render(plan).objects.iter() {
         let NfObject::CmdObject(NfCmd::Add(obj)) = o else {
             continue;
         };

@@ -3,8 +3,7 @@
 //! The pipeline is `parse` (TOML with source spans) → [`validate`] (every
 //! diagnostic, each with file:line:column and key path) → [`compile`] (pure and
 //! deterministic, one gateway's [`Plan`]: listeners, routes, authorization
-//! tables, nftables ruleset) → [`Plan::to_nft_json`] (the batch for
-//! `nft -j -f -`). Per-connection decisions are the pure functions
+//! tables) → [`nft::render`] (the nftables batch for `nft -j -f -`). Per-connection decisions are the pure functions
 //! [`Plan::route`], [`Plan::authorize_tunnel`] and [`Plan::authorize_client`].
 //!
 //! The policy file format is documented in the repository's README.
@@ -36,7 +35,7 @@ mod parse;
 mod validate;
 
 pub use compile::{
-    AccessRule, CompileError, Denied, DevicePlan, ExceptionPlan, Inventory, Listener, ListenerKind,
+    AccessRule, CompileError, Denied, DevicePlan, ExceptionPlan, Inventory, Leg, Listener,
     OutboundFlow, Plan, Route, Target, TunnelFlow, compile, device_counter,
 };
 pub use diag::{Diagnostic, Severity};

@@ -48,6 +48,11 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use crate::compile::{ExceptionPlan, Plan};
 use crate::model::{ExceptionTarget, L4, Mode};
 
+/// [`render`] as JSON, for `nft -j -f -`.
+pub fn render_json(plan: &Plan) -> String {
+    serde_json::to_string(&render(plan)).expect("nft schema types always serialize")
+}
+
 /// Name of Ward's table (family `inet`).
 pub const TABLE: &str = "ward";
 /// Counter of packets from unknown sources on device interfaces.
@@ -224,8 +229,9 @@ impl Batch {
     }
 }
 
-/// Build the batch that replaces table `inet ward` with `plan`'s ruleset.
-pub(crate) fn ruleset(plan: &Plan) -> Nftables<'static> {
+/// The nftables batch that replaces table `inet ward` with `plan`'s ruleset
+/// in one transaction.
+pub fn render(plan: &Plan) -> Nftables<'static> {
     let mut b = Batch {
         objects: Vec::new(),
     };

@@ -265,7 +265,7 @@ fn quic_to_tls_service_refused() {
 fn compile_is_deterministic() {
     let a = compile(&example(), "edge-01").expect("compiles");
     let b = compile(&example(), "edge-01").expect("compiles");
-    assert_eq!(a.to_nft_json(), b.to_nft_json());
+    assert_eq!(crate::nft::render_json(&a), crate::nft::render_json(&b));
     assert_eq!(
         serde_json::to_string(&a).expect("json"),
         serde_json::to_string(&b).expect("json")
@@ -358,7 +358,7 @@ fn quarantine_denies() {
         .unwrap_err(),
         Denied::Quarantined
     );
-    let json = edge.to_nft_json();
+    let json = crate::nft::render_json(&edge);
     assert!(
         json.contains(r#""name":"quarantine4","type":"ipv4_addr","elem":["198.51.100.2"]"#),
         "{json}"
@@ -420,8 +420,7 @@ fn monitor_mode_accepts_and_counts() {
     assert_eq!(verdicts(&monitor, "drop"), 0);
     // Quarantine still drops in monitor mode.
     assert!(
-        monitor
-            .to_nft_json()
+        crate::nft::render_json(&monitor)
             .contains(r#""right":"@quarantine4","op":"=="}},{"counter":null},{"drop":null}"#)
     );
 }
@@ -429,9 +428,10 @@ fn monitor_mode_accepts_and_counts() {
 /// The batch replaces the table: add, delete, add, before anything else.
 #[test]
 fn batch_replaces_table() {
-    let json: serde_json::Value =
-        serde_json::from_str(&compile(&example(), "edge-01").expect("edge").to_nft_json())
-            .expect("json");
+    let json: serde_json::Value = serde_json::from_str(&crate::nft::render_json(
+        &compile(&example(), "edge-01").expect("edge"),
+    ))
+    .expect("json");
     let cmds = json["nftables"].as_array().expect("array");
     let head: Vec<String> = cmds[..3].iter().map(|c| c.to_string()).collect();
     assert_eq!(
@@ -505,8 +505,8 @@ fn runtime_quarantine_matches_policy_quarantine() {
     let text = EXAMPLE.replace("quarantine = []", "quarantine = [\"ct-scanner-2\"]");
     let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
     assert_eq!(
-        edge.to_nft_json(),
-        compile(&p, "edge-01").expect("edge").to_nft_json()
+        crate::nft::render_json(&edge),
+        crate::nft::render_json(&compile(&p, "edge-01").expect("edge"))
     );
     let hub = compile(&example(), "hub-dc-01")
         .expect("hub")

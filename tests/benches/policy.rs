@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ward_gateway::nft::Nft;
+use ward_gateway::control::nft::Nft;
 use ward_tests::netns::Netns;
 use ward_tests::synthetic;
 
@@ -42,10 +42,11 @@ fn main() {
         for _ in 0..runs {
             let t = Instant::now();
             let plan = ward_policy::compile(&policy, "edge-01").expect("compiles");
-            let json = plan.to_nft_json();
+            let batch = ward_policy::nft::render(&plan);
+            let json = serde_json::to_string(&batch).expect("nft batch serializes");
             times.push(t.elapsed());
             bytes = json.len();
-            rules = plan.nft().objects.len();
+            rules = batch.objects.len();
             std::hint::black_box(json);
         }
         let m = median(times);
@@ -81,7 +82,7 @@ fn apply_bench(devices: usize) {
         ward_policy::load("synthetic.toml", &text, &Default::default()).expect("valid");
     let plan = ward_policy::compile(&policy, "edge-01").expect("compiles");
     let path = std::env::temp_dir().join(format!("ward-bench-{}.json", std::process::id()));
-    std::fs::write(&path, plan.to_nft_json()).expect("write batch");
+    std::fs::write(&path, ward_policy::nft::render_json(&plan)).expect("write batch");
     let nft = Nft::in_netns(ns.name());
 
     let runs = 11;
@@ -91,7 +92,8 @@ fn apply_bench(devices: usize) {
     // replaces a loaded table (after the first), as a reload does.
     for _ in 0..runs {
         let t = Instant::now();
-        nft.apply_json(&plan.to_nft_json()).expect("ward apply");
+        nft.apply_json(&ward_policy::nft::render_json(&plan))
+            .expect("ward apply");
         ward.push(t.elapsed());
 
         let t = Instant::now();

@@ -6,6 +6,8 @@
 //!   skip-or-fail rule for tests that need root.
 //! - [`synthetic`]: generated site policies of any size, for benchmarks.
 //! - [`harness`]: temp dirs, the test CA, real `wardd` processes.
+//! - [`inproc`]: gateways inside the test process, for fast data-path,
+//!   reload and drain tests.
 //! - [`peers`]: dcmtk, the `hl7` package's MLLP tools, an echo server.
 //! - [`site`]: a two-gateway site on loopback.
 //! - [`otlp`]: an OTLP/HTTP receiver for the telemetry tests.
@@ -18,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod harness;
+pub mod inproc;
 pub mod netns;
 pub mod otlp;
 pub mod peers;

@@ -218,7 +218,7 @@ impl Hospital {
 
     /// The edge's per-device drop counter (packets).
     pub fn drops(&self, device: &str) -> u64 {
-        let nft = ward_gateway::nft::Nft::in_netns(self.edge.name());
+        let nft = ward_gateway::control::nft::Nft::in_netns(self.edge.name());
         nft.list_counters()
             .expect("list counters")
             .into_iter()

@@ -363,7 +363,7 @@ fn prometheus_metrics() {
     }
     let h = scrape(&hub);
     assert_eq!(
-        h["ward_handshake_failures_total|reason=no-certificate"], 1.0,
+        h["ward_handshake_failures_total|leg=tunnel|reason=no-certificate"], 1.0,
         "{h}"
     );
     assert_eq!(h["ward_tunnels_opened_total|flow=echo-tcp"], 3.0, "{h}");

@@ -317,7 +317,7 @@ fn quarantine_cuts_and_release_restores() {
 
     h.edit_policy(|p| p.replace("quarantine = []", "quarantine = [\"ct-scanner-2\"]"));
     edge.signal("HUP");
-    edge.wait_log("closed_quarantined=1", Duration::from_secs(10));
+    edge.wait_log("closed=1", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     let cut = echoes(&log);
     std::thread::sleep(Duration::from_secs(3));
@@ -336,7 +336,7 @@ fn quarantine_cuts_and_release_restores() {
 
     h.edit_policy(|p| p);
     edge.signal("HUP");
-    edge.wait_log("closed_quarantined=0", Duration::from_secs(10));
+    edge.wait_log("closed=0", Duration::from_secs(10));
     let sent = storescu_in(&h.ct, "198.51.100.1", 104, &file, &[]);
     assert!(
         sent.status.success(),

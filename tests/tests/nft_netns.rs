@@ -1,7 +1,7 @@
 //! The compiled ruleset against the real `nft`, inside namespaces these tests
 //! create. Needs root; skips elsewhere, fails under CI=true.
 
-use ward_gateway::nft::{ApplyError, Nft};
+use ward_gateway::control::nft::{ApplyError, Nft};
 use ward_tests::netns_or_skip;
 
 const EXAMPLE: &str = include_str!("../../policy/examples/hospital.toml");
@@ -32,7 +32,7 @@ fn example_ruleset_applies_and_reads_back() {
         "fresh namespace has no ward table"
     );
     let edge = plan("edge-01");
-    nft.apply_json(&edge.to_nft_json())
+    nft.apply_json(&ward_policy::nft::render_json(&edge))
         .expect("edge ruleset applies");
 
     let table = nft.list_table().expect("list").expect("table exists");
@@ -107,12 +107,12 @@ fn example_ruleset_applies_and_reads_back() {
 fn replace_is_atomic_and_failure_keeps_previous() {
     let ns = netns_or_skip!("atomic");
     let nft = Nft::in_netns(ns.name());
-    nft.apply_json(&plan("edge-01").to_nft_json())
+    nft.apply_json(&ward_policy::nft::render_json(&plan("edge-01")))
         .expect("edge applies");
 
     // Replace with the hub's ruleset: the edge's device objects must be gone.
     let hub = plan("hub-dc-01");
-    nft.apply_json(&hub.to_nft_json())
+    nft.apply_json(&ward_policy::nft::render_json(&hub))
         .expect("hub applies over edge");
     let table = nft.list_table().expect("list").expect("table");
     assert!(
@@ -130,7 +130,7 @@ fn replace_is_atomic_and_failure_keeps_previous() {
 
     // A batch that replaces the table and then fails half-way.
     let mut broken: serde_json::Value =
-        serde_json::from_str(&plan("edge-01").to_nft_json()).expect("json");
+        serde_json::from_str(&ward_policy::nft::render_json(&plan("edge-01"))).expect("json");
     broken["nftables"].as_array_mut().expect("array").push(serde_json::json!(
         {"add": {"rule": {"family": "inet", "table": "ward", "chain": "no-such-chain", "expr": [{"accept": null}]}}}
     ));
@@ -155,7 +155,8 @@ fn monitor_and_quarantine_variants_apply() {
         .replace("quarantine = []", "quarantine = [\"pump-icu-02\"]");
     let (policy, _) = ward_policy::load("p.toml", &text, &Default::default()).expect("valid");
     let plan = ward_policy::compile(&policy, "edge-01").expect("compiles");
-    nft.apply_json(&plan.to_nft_json()).expect("applies");
+    nft.apply_json(&ward_policy::nft::render_json(&plan))
+        .expect("applies");
     let listing = ns.run(&["nft", "list", "set", "inet", "ward", "quarantine4"]);
     assert!(listing.contains("198.51.100.34"), "{listing}");
     let chain = ns.run(&["nft", "list", "chain", "inet", "ward", "drop_pump-icu-01"]);

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward_gateway::proto::{self, Answer, Open};
-use ward_gateway::tls::{TlsMaterial, TlsPaths};
+use ward_gateway::transport::frame::{self as proto, Answer, DenyReason, Open};
+use ward_gateway::transport::tls::{TlsMaterial, TlsPaths};
 use ward_pki::{Issued, Kind};
 use ward_tests::harness::{TempDir, TestCa, Wardd};
 use ward_tests::peers::echo_server;
@@ -177,7 +177,7 @@ fn tunnel_server_refusals() {
         source: "127.0.0.1:5000".parse().expect("addr"),
     };
     let answer = raw_open(hub_addr, &tls2, &open.encode()).expect("an answer");
-    assert_eq!(answer, Answer::Deny(ward_policy::Denied::WrongPeer.code()));
+    assert_eq!(answer, Answer::Deny(DenyReason::WrongPeer));
     wait_for(&mut hub, "peer identity may not open this flow");
     // The right identity with an unknown flow.
     let tls1 = TlsMaterial::load(
@@ -191,7 +191,7 @@ fn tunnel_server_refusals() {
     };
     assert_eq!(
         raw_open(hub_addr, &tls1, &unknown.encode()).expect("answer"),
-        Answer::Deny(ward_policy::Denied::UnknownFlow.code())
+        Answer::Deny(DenyReason::UnknownFlow)
     );
     bystander.check("after wrong identity");
 

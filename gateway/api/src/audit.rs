@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use ward_policy::Leg;
+
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -24,6 +26,217 @@ pub struct Link {
     pub seq: u64,
     /// Hash of the previous line.
     pub prev: String,
+}
+
+/// One line of the trail: the chain fields, the time, and the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Sequence number, from 1.
+    pub seq: u64,
+    /// SHA-256 (lower-case hex) of the line before; [`GENESIS`] for the first.
+    pub prev: String,
+    /// When it was written, RFC 3339 in UTC.
+    pub time: String,
+    /// What happened: `kind` and `action` plus the fields of that kind.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// What an audit record says. Serialized flat into the record, tagged by
+/// `kind`, each kind with an `action`. Field vocabulary, the same in every
+/// kind: `leg` (`outbound`, `tunnel`, `access`), `flow` (the policy's flow
+/// name), `device` (device id), `peer` (SPIFFE identity of the peer gateway
+/// or client, or the TLS server name of an outbound TLS leg), `src` (the
+/// connection's source address `ip:port`; on the tunnel leg, the opener's
+/// device), `dst` (the address the source asked for), `listener` (the local
+/// address that accepted it), `reason` (why, in words), `uid` (the admin's
+/// Unix uid), `revision` (the plan revision in force afterwards). No payload
+/// bytes, no key material, no patient data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A connection decision: allowed, denied, failed to reach its far end,
+    /// or closed by Ward (reload, revocation, quarantine).
+    Flow {
+        /// What happened.
+        action: FlowAction,
+        /// Which leg.
+        leg: Leg,
+        /// Flow name, when the connection was matched to one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<String>,
+        /// Device id, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// Peer identity, when the leg has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<String>,
+        /// Source address.
+        src: String,
+        /// Destination asked for, when it decided the flow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dst: Option<String>,
+        /// Why it was denied, failed or closed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A TLS or QUIC handshake failed.
+    Handshake {
+        /// Always `failed`.
+        action: HandshakeAction,
+        /// The leg of the listener (`tunnel` or `access`).
+        leg: Leg,
+        /// The remote address.
+        src: String,
+        /// The local address that accepted it.
+        listener: String,
+        /// Classified reason, as in `ward_handshake_failures_total{reason}`.
+        reason: HandshakeFailure,
+        /// The TLS stack's own words.
+        detail: String,
+    },
+    /// A ruleset and plan were put in force, or a reload was refused.
+    Policy {
+        /// Applied or rejected.
+        action: PolicyAction,
+        /// What caused it: `start`, `SIGHUP`, `api uid=N`, `tls-files`.
+        trigger: String,
+        /// Revision in force afterwards.
+        revision: String,
+        /// Policy file, on start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<String>,
+        /// Whether the ruleset was loaded into nftables (false only in tests).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nft: Option<bool>,
+        /// Why a reload was rejected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// An admin request that changes state.
+    Admin {
+        /// Which verb.
+        action: AdminAction,
+        /// The caller's uid (SO_PEERCRED).
+        uid: u32,
+        /// The device acted on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// Connections closed by the action.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        closed: Option<usize>,
+        /// Revision in force afterwards.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revision: Option<String>,
+    },
+    /// The gateway's certificates or CRL were reloaded.
+    Certificate {
+        /// Always `reloaded`.
+        action: CertificateAction,
+        /// Serials the CRL now lists.
+        crl_entries: usize,
+        /// Not-after of the gateway's certificate (Unix seconds).
+        not_after: i64,
+    },
+}
+
+/// `kind = "flow"` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowAction {
+    /// Authorized at this end and connected.
+    Allowed,
+    /// Refused by policy or a limit.
+    Denied,
+    /// Authorized, but the far end could not be opened.
+    Failed,
+    /// Cut by Ward while open: no longer allowed after a reload, peer revoked,
+    /// device quarantined.
+    Closed,
+}
+
+/// `kind = "handshake"` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandshakeAction {
+    /// The handshake did not complete.
+    Failed,
+}
+
+/// `kind = "policy"` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyAction {
+    /// Put in force.
+    Applied,
+    /// Refused; the previous policy stays.
+    Rejected,
+}
+
+/// `kind = "admin"` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminAction {
+    /// `POST /v1/reload`.
+    Reload,
+    /// `POST /v1/devices/{id}/quarantine`.
+    Quarantine,
+    /// `POST /v1/devices/{id}/release`.
+    Release,
+}
+
+/// `kind = "certificate"` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateAction {
+    /// Certificates and CRL reloaded from their files.
+    Reloaded,
+}
+
+/// Why a handshake failed, classified: the `reason` of handshake records
+/// and of `ward_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandshakeFailure {
+    /// The client presented no certificate.
+    NoCertificate,
+    /// The certificate is not from the site CA.
+    UnknownIssuer,
+    /// A signature did not verify.
+    BadSignature,
+    /// The certificate expired (or is not valid yet).
+    Expired,
+    /// The certificate is on the CRL.
+    Revoked,
+    /// The certificate is valid but carries no SPIFFE identity.
+    NoIdentity,
+    /// Protocol version, ALPN or cipher mismatch.
+    Protocol,
+    /// Not completed within `limits.handshake_timeout`.
+    Timeout,
+    /// `limits.max_handshakes` were in progress.
+    Busy,
+    /// Anything else.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::NoCertificate => "no-certificate",
+            HandshakeFailure::UnknownIssuer => "unknown-issuer",
+            HandshakeFailure::BadSignature => "bad-signature",
+            HandshakeFailure::Expired => "expired",
+            HandshakeFailure::Revoked => "revoked",
+            HandshakeFailure::NoIdentity => "no-identity",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Busy => "busy",
+            HandshakeFailure::Other => "other",
+        }
+    }
 }
 
 /// Where and how a chain is broken.

@@ -15,8 +15,9 @@
 //! path or device, 409 rejected (e.g. a reload that failed validation),
 //! 500 internal.
 //!
-//! [`audit`] holds the audit trail's hash chain and its verification, shared
-//! by the daemon that writes the trail and `wardctl audit verify`.
+//! [`audit`] holds the audit trail's record types ([`audit::AuditEvent`]: the
+//! schema SIEMs parse), its hash chain and its verification, shared by the
+//! daemon that writes the trail and `wardctl audit`.
 //!
 //! # What this crate does not do
 //! No I/O: it is data and pure functions only.
@@ -27,7 +28,7 @@
 pub mod audit;
 
 use serde::{Deserialize, Serialize};
-pub use ward_policy::Inventory;
+pub use ward_policy::{Inventory, Leg};
 
 /// Default admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/ward/admin.sock";
@@ -108,8 +109,8 @@ pub struct Device {
 pub struct Flow {
     /// Flow name.
     pub flow: String,
-    /// `outbound`, `tunnel` or `access`.
-    pub leg: String,
+    /// Which leg it is.
+    pub leg: Leg,
     /// Peer identity (gateway, client or TLS server name).
     pub peer: Option<String>,
     /// Source address.

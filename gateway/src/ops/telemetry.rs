@@ -23,16 +23,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// OTLP settings.
-#[derive(Debug, Clone)]
-pub struct Otlp {
-    /// Collector base URL, e.g. `http://127.0.0.1:4318`.
-    pub endpoint: String,
-    /// How often metrics are exported.
-    pub metrics_interval: Duration,
-    /// The gateway name, as a resource attribute.
-    pub gateway: String,
-}
+use crate::config::Otlp;
+use crate::proxy::registry::Registry;
 
 /// Keeps the OTLP pipelines alive; flushes them on drop.
 #[derive(Default)]
@@ -142,7 +134,7 @@ pub fn init(otlp: Option<&Otlp>) -> Result<Guard, String> {
 
 /// Register the gateway's counters as OTLP metrics, read from the registry
 /// at each export.
-pub fn register_metrics(guard: &Guard, registry: Arc<crate::registry::Registry>) {
+pub fn register_metrics(guard: &Guard, registry: Arc<Registry>) {
     let Some(provider) = guard.meter() else {
         return;
     };

@@ -8,27 +8,40 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
+use ward_api::audit::HandshakeFailure;
+use ward_policy::Leg;
 
-use crate::relay::{Counters, Totals};
+use crate::transport::relay::{Counters, Totals};
 
-/// Which listener kind a connection came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leg {
-    /// Device → this gateway → tunnel or TLS server.
-    Outbound,
-    /// Peer gateway's tunnel → this gateway → local target.
-    Tunnel,
-    /// TLS client → this gateway → device.
-    Access,
+/// What a connection was admitted on: the inputs of the policy decision
+/// that let it in, so the same decision can be taken again on a new plan
+/// (`ward_policy::Plan::route`, `authorize_tunnel`, `authorize_client`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// A device's connection to `dst` (its listener, or the original destination).
+    Outbound {
+        /// Destination the device asked for.
+        dst: SocketAddr,
+    },
+    /// A peer gateway's tunnel for `device`.
+    Tunnel {
+        /// Device id the open frame named.
+        device: String,
+    },
+    /// A client's connection to the access listener `listener`.
+    Access {
+        /// The listener's address.
+        listener: SocketAddr,
+    },
 }
 
-impl Leg {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
+impl Grant {
+    /// The leg this grant belongs to.
+    pub fn leg(&self) -> Leg {
         match self {
-            Leg::Outbound => "outbound",
-            Leg::Tunnel => "tunnel",
-            Leg::Access => "access",
+            Grant::Outbound { .. } => Leg::Outbound,
+            Grant::Tunnel { .. } => Leg::Tunnel,
+            Grant::Access { .. } => Leg::Access,
         }
     }
 }
@@ -53,13 +66,17 @@ pub struct FlowStats {
 pub struct Live {
     /// Flow name.
     pub flow: String,
-    /// Listener kind.
-    pub leg: Leg,
-    /// Peer identity (gateway or client), when the leg has one.
+    /// What it was admitted on (its leg, and the decision's inputs).
+    pub grant: Grant,
+    /// Device id.
+    pub device: String,
+    /// Peer identity: the peer gateway or client (SPIFFE id), or the server
+    /// name of a TLS server.
     pub peer: Option<String>,
     /// Serial of the peer's certificate.
     pub peer_serial: Option<String>,
-    /// Source address (device, client or peer gateway).
+    /// Source address: the device, the client, or (tunnel leg) the
+    /// opener's device as its open frame stated it.
     pub source: SocketAddr,
     /// When it opened.
     pub started: SystemTime,
@@ -76,7 +93,7 @@ pub struct Registry {
     live: Mutex<HashMap<u64, Live>>,
     flows: Mutex<HashMap<String, Arc<FlowStats>>>,
     sources: Mutex<HashMap<IpAddr, u32>>,
-    handshakes: Mutex<HashMap<&'static str, u64>>,
+    handshakes: Mutex<HashMap<(Leg, HandshakeFailure), u64>>,
 }
 
 /// Removes its connection from the registry when dropped.
@@ -196,18 +213,18 @@ impl Registry {
             .collect()
     }
 
-    /// Count a failed handshake by reason.
-    pub fn handshake_failed(&self, reason: &'static str) {
+    /// Count a failed handshake on `leg` by reason.
+    pub fn handshake_failed(&self, leg: Leg, reason: HandshakeFailure) {
         *self
             .handshakes
             .lock()
             .expect("registry lock poisoned")
-            .entry(reason)
+            .entry((leg, reason))
             .or_default() += 1;
     }
 
-    /// Failed handshakes by reason, sorted.
-    pub fn handshake_failures(&self) -> Vec<(&'static str, u64)> {
+    /// Failed handshakes by leg and reason, sorted.
+    pub fn handshake_failures(&self) -> Vec<((Leg, HandshakeFailure), u64)> {
         let mut v: Vec<_> = self
             .handshakes
             .lock()

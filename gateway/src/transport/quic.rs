@@ -3,15 +3,58 @@
 //! re-established on the next flow.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::tls::TlsMaterial;
+use super::tls::{TlsError, TlsMaterial};
+
+/// Opening a QUIC stream to a peer gateway failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicError {
+    /// No UDP socket could be bound for the client endpoint.
+    #[error("cannot bind a quic client endpoint: {0}")]
+    Bind(std::io::Error),
+    /// The TLS material gives no usable client configuration.
+    #[error("tls configuration: {0}")]
+    Tls(#[from] TlsError),
+    /// rustls' configuration has no cipher suite QUIC can use.
+    #[error("quic client configuration: {0}")]
+    Crypto(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The connection could not be started.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Why.
+        source: quinn::ConnectError,
+    },
+    /// The handshake failed.
+    #[error("quic handshake with {addr} failed: {source}")]
+    Handshake {
+        /// Peer address.
+        addr: SocketAddr,
+        /// Why.
+        source: quinn::ConnectionError,
+    },
+    /// The handshake did not complete in time.
+    #[error("quic handshake with {0} timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// The connection is up but a stream could not be opened on it.
+    #[error("quic stream: {0}")]
+    Stream(#[from] quinn::ConnectionError),
+}
+
+/// How long a closing endpoint waits for its peers to acknowledge the close
+/// (`wait_idle`): long enough for a close frame to cross a LAN and be
+/// acknowledged, short enough not to hold up a stop when a peer is gone.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Streams (flows) one peer may have open at once over one connection.
 pub const MAX_STREAMS: u32 = 4096;
@@ -34,7 +77,8 @@ fn transport() -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
-fn server_config(tls: &TlsMaterial) -> std::io::Result<quinn::ServerConfig> {
+/// The tunnel server's QUIC configuration from `tls`.
+pub fn server_config(tls: &TlsMaterial) -> std::io::Result<quinn::ServerConfig> {
     let crypto = QuicServerConfig::try_from(tls.tunnel_server.clone())
         .map_err(|e| std::io::Error::other(format!("quic server tls config: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -118,12 +162,6 @@ pub fn reset_key(state_dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
     Ok(key.to_vec())
 }
 
-/// Install new TLS material on a serving endpoint.
-pub fn reload_server(endpoint: &Endpoint, tls: &TlsMaterial) -> std::io::Result<()> {
-    endpoint.set_server_config(Some(server_config(tls)?));
-    Ok(())
-}
-
 struct Peer {
     conn: Connection,
     serial: Option<String>,
@@ -133,13 +171,15 @@ struct Peer {
 pub struct QuicPool {
     bind: SocketAddr,
     endpoint: Mutex<Option<Endpoint>>,
-    tls: Mutex<Arc<TlsMaterial>>,
+    /// The TLS material in force; when it changes, pooled connections are
+    /// forgotten (their open streams finish) and new flows reconnect with it.
+    tls: Mutex<watch::Receiver<Arc<TlsMaterial>>>,
     peers: tokio::sync::Mutex<HashMap<String, Peer>>,
 }
 
 impl QuicPool {
     /// A pool whose client endpoint binds `bind` on first use.
-    pub fn new(bind: SocketAddr, tls: Arc<TlsMaterial>) -> Self {
+    pub fn new(bind: SocketAddr, tls: watch::Receiver<Arc<TlsMaterial>>) -> Self {
         QuicPool {
             bind,
             endpoint: Mutex::new(None),
@@ -148,7 +188,14 @@ impl QuicPool {
         }
     }
 
-    fn endpoint(&self) -> Result<Endpoint, String> {
+    /// The TLS material in force, and whether it changed since the last call.
+    fn tls(&self) -> (Arc<TlsMaterial>, bool) {
+        let mut rx = self.tls.lock().expect("quic tls lock poisoned");
+        let changed = rx.has_changed().unwrap_or(false);
+        (rx.borrow_and_update().clone(), changed)
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, QuicError> {
         let mut ep = self.endpoint.lock().expect("quic endpoint lock poisoned");
         if let Some(e) = &*ep {
             return Ok(e.clone());
@@ -157,12 +204,12 @@ impl QuicPool {
         // the pool, and would keep that span open (and unexported) forever.
         let _root = tracing::info_span!(parent: None, "quic_endpoint").entered();
         let e = udp_socket(self.bind)
-            .or_else(|_| udp_socket(SocketAddr::new(crate::server::ANY_V4, 0)))
+            .or_else(|_| udp_socket(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)))
             .and_then(|socket| {
                 let config = quinn::EndpointConfig::default();
                 Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
             })
-            .map_err(|e| format!("cannot bind a quic client endpoint: {e}"))?;
+            .map_err(QuicError::Bind)?;
         *ep = Some(e.clone());
         Ok(e)
     }
@@ -175,9 +222,14 @@ impl QuicPool {
         identity: &str,
         addr: SocketAddr,
         handshake: Duration,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), QuicError> {
+        let (tls, tls_changed) = self.tls();
         // Held across the connect so concurrent flows to one peer share one handshake.
         let mut peers = self.peers.lock().await;
+        if tls_changed {
+            // Connections made with the old material finish their streams.
+            peers.clear();
+        }
         if let Some(p) = peers.get(identity) {
             let conn = p.conn.clone();
             if conn.close_reason().is_none() {
@@ -203,11 +255,9 @@ impl QuicPool {
             // Another flow reconnected meanwhile.
             let conn = p.conn.clone();
             drop(peers);
-            return conn.open_bi().await.map_err(|e| e.to_string());
+            return Ok(conn.open_bi().await?);
         }
-        let tls = self.tls.lock().expect("quic tls lock poisoned").clone();
-        let crypto = tls.peer_client(identity).map_err(|e| e.to_string())?;
-        let crypto = QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?;
+        let crypto = QuicClientConfig::try_from(tls.peer_client(identity)?)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport());
         let endpoint = self.endpoint()?;
@@ -218,12 +268,12 @@ impl QuicPool {
             let _root = tracing::info_span!(parent: None, "quic_peer", peer = identity).entered();
             endpoint
                 .connect_with(config, addr, server_name)
-                .map_err(|e| format!("connect to {addr}: {e}"))?
+                .map_err(|source| QuicError::Connect { addr, source })?
         };
         let conn = tokio::time::timeout(handshake, connecting)
             .await
-            .map_err(|_| format!("quic handshake with {addr} timed out"))?
-            .map_err(|e| format!("quic handshake with {addr} failed: {e}"))?;
+            .map_err(|_| QuicError::HandshakeTimeout(addr))?
+            .map_err(|source| QuicError::Handshake { addr, source })?;
         let serial = conn
             .peer_identity()
             .and_then(|id| {
@@ -241,7 +291,7 @@ impl QuicPool {
             },
         );
         drop(peers);
-        conn.open_bi().await.map_err(|e| e.to_string())
+        Ok(conn.open_bi().await?)
     }
 
     /// Path figures of each live pooled connection, by peer identity; empty
@@ -268,18 +318,10 @@ impl QuicPool {
             .is_none_or(|p| p.conn.close_reason().is_some())
     }
 
-    /// New TLS material: existing connections finish their streams; new
-    /// flows reconnect with the new material.
-    pub fn reset(&self, tls: Arc<TlsMaterial>) {
-        *self.tls.lock().expect("quic tls lock poisoned") = tls;
-        if let Ok(mut peers) = self.peers.try_lock() {
-            peers.clear();
-        }
-    }
-
-    /// Close connections to peers whose certificate is now revoked.
-    pub fn close_revoked(&self, tls: &TlsMaterial) {
-        if let Ok(mut peers) = self.peers.try_lock() {
+    /// Close connections to peers whose certificate `tls`'s CRL revokes.
+    pub async fn close_revoked(&self, tls: &TlsMaterial) {
+        let mut peers = self.peers.lock().await;
+        {
             peers.retain(|id, p| {
                 let revoked = p.serial.as_deref().is_some_and(|s| tls.is_revoked(s));
                 if revoked {
@@ -303,7 +345,7 @@ impl QuicPool {
             .clone();
         if let Some(ep) = ep {
             ep.close(0u32.into(), b"shutdown");
-            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, ep.wait_idle()).await;
         }
     }
 }

@@ -1,23 +1,21 @@
 //! The admin API: HTTP/1.1 + JSON on a Unix socket (mode 0660), versioned
 //! under `/v1`. Wire types live in `ward-api`. Errors become HTTP statuses in
 //! exactly one place ([`AdminError::status`]). Every request is logged with
-//! the caller's uid (SO_PEERCRED).
+//! the caller's uid (SO_PEERCRED); state-changing ones are audited.
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span};
+use ward_api::audit::{AdminAction, AuditEvent};
 
-use crate::control::Control;
+use crate::control::{Control, ControlError};
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,24 +23,32 @@ pub enum AdminError {
     /// No such path.
     #[error("no such endpoint: {0}")]
     NotFound(String),
-    /// No such device behind this gateway.
-    #[error("device {0:?} is not behind this gateway")]
-    NoDevice(String),
-    /// The request is well formed but refused (e.g. a reload that failed validation).
-    #[error("{0}")]
-    Rejected(String),
     /// Wrong method for the path.
     #[error("method not allowed")]
     Method,
+    /// A reload was refused; the error as the reload recorded it.
+    #[error("{0}")]
+    ReloadRejected(String),
+    /// The control layer refused or failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 impl AdminError {
     /// The one place errors become HTTP statuses.
     fn status(&self) -> StatusCode {
         match self {
-            AdminError::NotFound(_) | AdminError::NoDevice(_) => StatusCode::NOT_FOUND,
-            AdminError::Rejected(_) => StatusCode::CONFLICT,
+            AdminError::NotFound(_) | AdminError::Control(ControlError::NoDevice(_)) => {
+                StatusCode::NOT_FOUND
+            }
             AdminError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::ReloadRejected(_) => StatusCode::CONFLICT,
+            AdminError::Control(
+                ControlError::Load(_)
+                | ControlError::ListenersChanged
+                | ControlError::PolicyQuarantine { .. },
+            ) => StatusCode::CONFLICT,
+            AdminError::Control(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -71,36 +77,34 @@ async fn route(
         (Method::GET, ["live"]) => ok(serde_json::json!({"live": true})),
         (Method::GET, ["ready"]) => ok(serde_json::json!({"ready": true})),
         (Method::GET, ["v1", "status"]) => Ok(json(StatusCode::OK, &control.status())),
-        (Method::GET, ["v1", "devices"]) => Ok(json(StatusCode::OK, &control.devices())),
-        (Method::GET, ["v1", "devices", id]) => control
-            .devices()
-            .into_iter()
-            .find(|d| d.id == *id)
-            .map(|d| json(StatusCode::OK, &d))
-            .ok_or_else(|| AdminError::NoDevice((*id).to_owned())),
+        (Method::GET, ["v1", "devices"]) => Ok(json(StatusCode::OK, &control.devices().await)),
+        (Method::GET, ["v1", "devices", id]) => {
+            Ok(json(StatusCode::OK, &control.device(id).await?))
+        }
         (Method::GET, ["v1", "flows"]) => Ok(json(StatusCode::OK, &control.flows())),
-        (Method::GET, ["v1", "policy"]) => Ok(json(StatusCode::OK, &*control.shared.plan())),
+        (Method::GET, ["v1", "policy"]) => Ok(json(StatusCode::OK, &*control.plan())),
         (Method::POST, ["v1", "reload"]) => {
-            control
-                .shared
-                .audit
-                .record("admin", "reload", serde_json::json!({"uid": uid}));
-            let r = control.reload(&format!("api uid={uid}"));
+            control.proxy().audit.record(AuditEvent::Admin {
+                action: AdminAction::Reload,
+                uid,
+                device: None,
+                closed: None,
+                revision: None,
+            });
+            let r = control.reload(&format!("api uid={uid}")).await;
             if r.ok {
                 Ok(json(StatusCode::OK, &r))
             } else {
-                Err(AdminError::Rejected(r.error.unwrap_or_default()))
+                Err(AdminError::ReloadRejected(r.error.unwrap_or_default()))
             }
         }
         (Method::POST, ["v1", "devices", id, "quarantine"]) => {
             info!(uid, device = id, "admin: quarantine");
-            control
-                .quarantine(id, uid)
-                .map(|d| json(StatusCode::OK, &d))
+            Ok(json(StatusCode::OK, &control.quarantine(id, uid).await?))
         }
         (Method::POST, ["v1", "devices", id, "release"]) => {
             info!(uid, device = id, "admin: release");
-            control.release(id, uid).map(|d| json(StatusCode::OK, &d))
+            Ok(json(StatusCode::OK, &control.release(id, uid).await?))
         }
         (
             _,
@@ -129,44 +133,28 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serve the admin API until `shutdown`.
-pub fn spawn_admin(listener: UnixListener, control: Arc<Control>, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok((s, _)) => s,
-                    Err(e) => { warn!(error = %e, "admin accept failed"); continue; }
-                },
-            };
-            let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
-            let control = control.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let control = control.clone();
-                    let span =
-                        info_span!("admin", method = %req.method(), path = %req.uri().path(), uid);
-                    async move {
-                        let resp = match route(&control, uid, req).await {
-                            Ok(r) => r,
-                            Err(e) => json(
-                                e.status(),
-                                &ward_api::ApiError {
-                                    error: e.to_string(),
-                                },
-                            ),
-                        };
-                        Ok::<_, Infallible>(resp)
-                    }
-                    .instrument(span)
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "admin connection ended");
-                }
-            });
+pub fn spawn_admin(
+    tracker: &TaskTracker,
+    listener: UnixListener,
+    control: Arc<Control>,
+    shutdown: CancellationToken,
+) {
+    let handler = move |req: Request<Incoming>, caller: Option<u32>| {
+        let control = control.clone();
+        let uid = caller.unwrap_or(u32::MAX);
+        let span = info_span!("admin", method = %req.method(), path = %req.uri().path(), uid);
+        async move {
+            match route(&control, uid, req).await {
+                Ok(r) => r,
+                Err(e) => json(
+                    e.status(),
+                    &ward_api::ApiError {
+                        error: e.to_string(),
+                    },
+                ),
+            }
         }
-    });
+        .instrument(span)
+    };
+    super::http::spawn_serve(tracker, "admin", listener, handler, shutdown);
 }

@@ -276,7 +276,6 @@ pub struct Totals {
 }
 
 /// Relay between `a` (device or client side) and `b` (far side).
-#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     a: (impl Source, impl Sink),
     b: (impl Source, impl Sink),

@@ -8,7 +8,7 @@
 //!           device_len:u8 device[device_len]     UTF-8, 1..=64 bytes
 //!           family:u8 (4 | 6) addr[4 | 16] port:u16be   original source
 //! accept  = version:u8 (1) type:u8 (2)
-//! deny    = version:u8 (1) type:u8 (3) code:u8   ward_policy::Denied::code
+//! deny    = version:u8 (1) type:u8 (3) code:u8   DenyReason::code
 //! ```
 //!
 //! The receiver answers before any payload moves; the opener sends payload
@@ -73,14 +73,81 @@ pub struct Open {
 pub enum Answer {
     /// Go ahead.
     Accept,
-    /// Refused, with a [`ward_policy::Denied`] code (or a transport code ≥ 100).
-    Deny(u8),
+    /// Refused, with a reason.
+    Deny(DenyReason),
 }
 
-/// Deny code: the receiver could not connect the flow's target.
-pub const DENY_TARGET_UNREACHABLE: u8 = 100;
-/// Deny code: a limit (connections per flow) was reached.
-pub const DENY_LIMIT: u8 = 101;
+/// Why a receiver refused a tunnel, with its stable wire code. Codes 1-99
+/// are policy decisions, 100 and up the receiver's own conditions; a code
+/// this version does not know is kept as [`DenyReason::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// No flow for this source and destination.
+    #[error("no flow for this source and destination")]
+    NoRoute,
+    /// The device is quarantined.
+    #[error("device is quarantined")]
+    Quarantined,
+    /// The receiver knows no such flow.
+    #[error("flow is not known to the peer")]
+    UnknownFlow,
+    /// This gateway's identity may not open the flow there.
+    #[error("peer identity may not open this flow")]
+    WrongPeer,
+    /// The device named does not match the flow.
+    #[error("source device does not match the flow")]
+    WrongDevice,
+    /// Outside the flow's maintenance window.
+    #[error("outside the flow's maintenance window")]
+    OutsideWindow,
+    /// The receiver could not connect the flow's target.
+    #[error("peer could not reach the target")]
+    TargetUnreachable,
+    /// The receiver's connection limit for the flow was reached.
+    #[error("peer's connection limit reached")]
+    Limit,
+    /// The receiver is shutting down and takes no new tunnels.
+    #[error("peer is shutting down")]
+    ShuttingDown,
+    /// A code this version does not know.
+    #[error("code {0}")]
+    Unknown(u8),
+}
+
+impl DenyReason {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            DenyReason::NoRoute => 1,
+            DenyReason::Quarantined => 2,
+            DenyReason::UnknownFlow => 3,
+            DenyReason::WrongPeer => 4,
+            DenyReason::WrongDevice => 5,
+            DenyReason::OutsideWindow => 6,
+            DenyReason::TargetUnreachable => 100,
+            DenyReason::Limit => 101,
+            DenyReason::ShuttingDown => 102,
+            DenyReason::Unknown(c) => c,
+        }
+    }
+
+    /// The reason for a wire code.
+    pub fn from_code(code: u8) -> DenyReason {
+        match code {
+            1 => DenyReason::NoRoute,
+            2 => DenyReason::Quarantined,
+            3 => DenyReason::UnknownFlow,
+            4 => DenyReason::WrongPeer,
+            5 => DenyReason::WrongDevice,
+            6 => DenyReason::OutsideWindow,
+            100 => DenyReason::TargetUnreachable,
+            101 => DenyReason::Limit,
+            102 => DenyReason::ShuttingDown,
+            c => DenyReason::Unknown(c),
+        }
+    }
+}
 
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -177,7 +244,7 @@ impl Answer {
     pub fn encode(self) -> Vec<u8> {
         frame(match self {
             Answer::Accept => vec![VERSION, TYPE_ACCEPT],
-            Answer::Deny(code) => vec![VERSION, TYPE_DENY, code],
+            Answer::Deny(reason) => vec![VERSION, TYPE_DENY, reason.code()],
         })
     }
 
@@ -186,7 +253,7 @@ impl Answer {
         let mut c = Cursor { buf: body };
         let answer = match header(&mut c)? {
             TYPE_ACCEPT => Answer::Accept,
-            TYPE_DENY => Answer::Deny(c.u8()?),
+            TYPE_DENY => Answer::Deny(DenyReason::from_code(c.u8()?)),
             t => return Err(FrameError::Type(t)),
         };
         if !c.buf.is_empty() {
@@ -238,6 +305,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Every deny code survives decoding and encoding, known to this version or not.
+    #[test]
+    fn deny_codes_round_trip() {
+        for c in 0..=u8::MAX {
+            assert_eq!(DenyReason::from_code(c).code(), c);
+        }
+        assert_eq!(DenyReason::from_code(4), DenyReason::WrongPeer);
+    }
+
     fn open() -> Open {
         Open {
             flow: "ct2-to-pacs".into(),
@@ -252,7 +328,11 @@ mod tests {
         let f = open().encode();
         assert_eq!(usize::from(u16::from_be_bytes([f[0], f[1]])), f.len() - 2);
         assert_eq!(Open::decode(&f[2..]), Ok(open()));
-        for a in [Answer::Accept, Answer::Deny(4)] {
+        for a in [
+            Answer::Accept,
+            Answer::Deny(DenyReason::WrongPeer),
+            Answer::Deny(DenyReason::Unknown(77)),
+        ] {
             assert_eq!(Answer::decode(&a.encode()[2..]), Ok(a));
         }
     }

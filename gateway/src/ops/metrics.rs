@@ -1,43 +1,17 @@
 //! Prometheus text metrics on a loopback listener (`GET /metrics`).
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tokio_util::task::TaskTracker;
 
 use crate::control::Control;
-
-/// Classify a handshake error for `ward_handshake_failures_total{reason}`.
-pub fn handshake_reason(error: &str) -> &'static str {
-    let e = error.to_ascii_lowercase();
-    if e.contains("no certificates") {
-        "no-certificate"
-    } else if e.contains("unknownissuer") {
-        "unknown-issuer"
-    } else if e.contains("badsignature") {
-        "bad-signature"
-    } else if e.contains("expired") {
-        "expired"
-    } else if e.contains("revoked") {
-        "revoked"
-    } else if e.contains("incompatible") || e.contains("version") {
-        "protocol"
-    } else if e.contains("timed out") {
-        "timeout"
-    } else {
-        "other"
-    }
-}
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -61,7 +35,8 @@ fn family<T, V: std::fmt::Display>(
 }
 
 /// The metrics page.
-pub fn render(control: &Control) -> String {
+pub async fn render(control: &Control) -> String {
+    let devices = control.devices().await;
     let mut o = String::new();
     let status = control.status();
     let _ = writeln!(
@@ -92,7 +67,7 @@ pub fn render(control: &Control) -> String {
     let _ = writeln!(o, "ward_reloads_total{{result=\"ok\"}} {ok}");
     let _ = writeln!(o, "ward_reloads_total{{result=\"rejected\"}} {rejected}");
 
-    let stats = control.shared.registry.flow_stats();
+    let stats = control.proxy().registry.flow_stats();
     let families: [(&str, &str, &str); 3] = [
         (
             "ward_tunnels_opened_total",
@@ -136,19 +111,20 @@ pub fn render(control: &Control) -> String {
     }
     let _ = writeln!(
         o,
-        "# HELP ward_handshake_failures_total Failed TLS and QUIC handshakes by reason.\n# TYPE ward_handshake_failures_total counter"
+        "# HELP ward_handshake_failures_total Failed TLS and QUIC handshakes by leg and reason.\n# TYPE ward_handshake_failures_total counter"
     );
-    for (reason, n) in control.shared.registry.handshake_failures() {
+    for ((leg, reason), n) in control.proxy().registry.handshake_failures() {
         let _ = writeln!(
             o,
-            "ward_handshake_failures_total{{reason=\"{reason}\"}} {n}"
+            "ward_handshake_failures_total{{leg=\"{leg}\",reason=\"{}\"}} {n}",
+            reason.as_str()
         );
     }
     let _ = writeln!(
         o,
         "# HELP ward_device_drops_total Packets dropped per device (would-drop in monitor mode), from the nft counters.\n# TYPE ward_device_drops_total counter"
     );
-    for d in control.devices() {
+    for d in &devices {
         let _ = writeln!(
             o,
             "ward_device_drops_total{{device=\"{}\"}} {}",
@@ -160,7 +136,7 @@ pub fn render(control: &Control) -> String {
         o,
         "# HELP ward_device_quarantined Whether a device is quarantined.\n# TYPE ward_device_quarantined gauge"
     );
-    for d in control.devices() {
+    for d in &devices {
         let _ = writeln!(
             o,
             "ward_device_quarantined{{device=\"{}\"}} {}",
@@ -171,7 +147,7 @@ pub fn render(control: &Control) -> String {
     // QUIC connections this gateway opened, one per peer gateway: what path
     // MTU discovery settled on (1452 where 1500-byte frames pass, less on a
     // path that loses the probes), round trip, losses and congestion events.
-    let paths = control.shared.quic.path_stats();
+    let paths = control.proxy().quic.path_stats();
     let quic: [(&str, &str, &str); 4] = [
         (
             "ward_quic_path_mtu_bytes",
@@ -215,38 +191,26 @@ pub fn render(control: &Control) -> String {
 }
 
 /// Serve `/metrics` on `listener` until `shutdown`.
-pub fn spawn_metrics(listener: TcpListener, control: Arc<Control>, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok((s, _)) => s,
-                    Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
-                },
+pub fn spawn_metrics(
+    tracker: &TaskTracker,
+    listener: TcpListener,
+    control: Arc<Control>,
+    shutdown: CancellationToken,
+) {
+    let handler = move |req: Request<Incoming>, _caller: Option<u32>| {
+        let control = control.clone();
+        async move {
+            let resp = if req.uri().path() == "/metrics" {
+                Response::builder()
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(Full::new(Bytes::from(render(&control).await)))
+            } else {
+                Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Full::new(Bytes::from_static(b"see /metrics\n")))
             };
-            let control = control.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let control = control.clone();
-                    async move {
-                        let resp = if req.uri().path() == "/metrics" {
-                            let body = tokio::task::block_in_place(|| render(&control));
-                            Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(body)))
-                        } else {
-                            Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from_static(b"see /metrics\n")))
-                        };
-                        Ok::<_, Infallible>(resp.expect("static response parts are valid"))
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            resp.expect("static response parts are valid")
         }
-    });
+    };
+    super::http::spawn_serve(tracker, "metrics", listener, handler, shutdown);
 }

@@ -18,27 +18,25 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use ward_api::audit::Link;
 
-use crate::server::Shared;
+use crate::config::AuditForward;
+use crate::transport::tls::TlsMaterial;
 
 /// Records resent after a broken connection.
 pub const RESEND: u64 = 64;
-
-/// Where to forward.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// Receiver address.
-    pub addr: std::net::SocketAddr,
-    /// CA that signs the receiver's certificate.
-    pub ca: PathBuf,
-    /// Name in the receiver's certificate.
-    pub server_name: String,
-}
+/// Connect and TLS handshake with the receiver, each.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A quiet link is probed this often, so a receiver that went away is
+/// noticed and the records wait in the trail.
+const PROBE: Duration = Duration::from_secs(1);
+/// First and largest wait between connection attempts.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
 fn frame(hostname: &str, record: &str) -> Vec<u8> {
     // PRI 85 = facility 10 (security/authorization) * 8 + severity 5 (notice).
@@ -71,21 +69,37 @@ fn pending(trail: &std::path::Path, after: u64) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Forward the trail at `trail` to `target` until `shutdown`; `wake` is
-/// notified whenever a record is appended.
-pub fn spawn_forwarder(
-    shared: Arc<Shared>,
-    trail: PathBuf,
-    state: PathBuf,
-    target: Target,
-    hostname: String,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let pos_file = state.join("audit.forwarded");
+/// What the forwarder needs.
+pub struct Forwarder {
+    /// The local trail.
+    pub trail: PathBuf,
+    /// Where the position reached is kept (`audit.forwarded` inside it).
+    pub state_dir: PathBuf,
+    /// The receiver.
+    pub target: AuditForward,
+    /// HOSTNAME of the syslog messages: the gateway's name.
+    pub hostname: String,
+    /// Notified whenever a record is appended.
+    pub wake: Arc<Notify>,
+    /// The gateway's TLS material in force (its certificate is the client
+    /// certificate towards the receiver).
+    pub tls: watch::Receiver<Arc<TlsMaterial>>,
+}
+
+/// Forward the trail until `shutdown`.
+pub fn spawn_forwarder(tracker: &TaskTracker, f: Forwarder, shutdown: CancellationToken) {
+    let Forwarder {
+        trail,
+        state_dir,
+        target,
+        hostname,
+        wake,
+        tls,
+    } = f;
+    tracker.spawn(async move {
+        let pos_file = state_dir.join("audit.forwarded");
         let mut sent = read_position(&pos_file);
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = BACKOFF.0;
         // Every connection but the first follows a failure, after which the
         // last records may not have arrived.
         let mut first = true;
@@ -94,19 +108,19 @@ pub fn spawn_forwarder(
                 return;
             }
             let connect = async {
-                let tls = shared.tls();
+                let tls = tls.borrow().clone();
                 let config = tls
                     .service_client(&target.ca, &target.server_name)
                     .map_err(|e| e.to_string())?;
                 let tcp =
-                    tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target.addr))
+                    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr))
                         .await
                         .map_err(|_| "connect timed out".to_owned())?
                         .map_err(|e| e.to_string())?;
                 let name =
                     ServerName::try_from(target.server_name.clone()).map_err(|e| e.to_string())?;
                 tokio::time::timeout(
-                    Duration::from_secs(10),
+                    CONNECT_TIMEOUT,
                     TlsConnector::from(config).connect(name, tcp),
                 )
                 .await
@@ -120,12 +134,12 @@ pub fn spawn_forwarder(
                     Err(e) => {
                         warn!(receiver = %target.addr, error = %e, spooled_after = sent, "audit receiver unreachable; records stay in the local trail");
                         tokio::select! { () = shutdown.cancelled() => return, () = tokio::time::sleep(backoff) => {} }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff = (backoff * 2).min(BACKOFF.1);
                         continue;
                     }
                 },
             };
-            backoff = Duration::from_millis(500);
+            backoff = BACKOFF.0;
             if !first {
                 sent = sent.saturating_sub(RESEND);
             }
@@ -151,9 +165,7 @@ pub fn spawn_forwarder(
                 tokio::select! {
                     () = shutdown.cancelled() => { let _ = stream.shutdown().await; return; }
                     () = wake.notified() => {}
-                    // A quiet link is probed now and then, so a receiver that
-                    // went away is noticed and the records wait in the trail.
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep(PROBE) => {}
                 }
             }
         }

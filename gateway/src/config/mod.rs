@@ -2,16 +2,21 @@
 //! `WARD_*` environment variables (`__` splits nesting, e.g. `WARD_TLS__CERT`)
 //! < command-line flags. Read into a raw struct that refuses unknown keys, then
 //! converted into strong types, collecting every error with its key and source.
+//!
+//! [`load`] is the one entry point for start, `wardd check` and every reload:
+//! configuration, then the policy compiled for this gateway, then the TLS
+//! material, all validated and nothing applied.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use ward_policy::{Plan, Severity, ValidateOptions};
 
-use crate::tls::TlsPaths;
+use crate::transport::tls::{TlsError, TlsMaterial, TlsPaths};
 
 /// Top-level keys that `WARD_*` environment variables may set.
 const ENV_KEYS: [&str; 9] = [
@@ -29,10 +34,131 @@ const ENV_KEYS: [&str; 9] = [
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/ward/ward.toml";
 
+/// One problem with one configuration key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}, from {origin}")]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `limits.drain_timeout`.
+    pub key: String,
+    /// Where the value came from: a file (with its path), an environment
+    /// variable, a command-line flag, or `default`.
+    pub origin: String,
+    /// What is wrong.
+    pub message: String,
+}
+
 /// The configuration is unusable; every problem is listed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration: {}", issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigError {
+    /// Every problem found, in key order of discovery.
+    pub issues: Vec<ConfigIssue>,
+}
+
+/// Loading configuration, policy or TLS material failed. Nothing was bound
+/// or applied; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {}", .0.join("; "))]
-pub struct ConfigError(pub Vec<String>);
+#[non_exhaustive]
+pub enum LoadError {
+    /// Bad configuration (exit 78).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The policy file could not be read (exit 78).
+    #[error("policy: {path}: {source}")]
+    PolicyRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The policy is invalid (exit 65): every error diagnostic, rendered
+    /// with file, line, column and key.
+    #[error("invalid policy: {}", diagnostics.join("; "))]
+    Policy {
+        /// Rendered diagnostics.
+        diagnostics: Vec<String>,
+    },
+    /// The policy has no such gateway (exit 78: `gateway` is configuration).
+    #[error("gateway: {source} ({path})")]
+    Gateway {
+        /// Policy file.
+        path: PathBuf,
+        /// Why.
+        source: ward_policy::CompileError,
+    },
+    /// Bad TLS material (exit 78).
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+}
+
+impl LoadError {
+    /// Process exit code, per STYLE §8: 65 invalid policy, 78 invalid configuration.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoadError::Policy { .. } => 65,
+            _ => 78,
+        }
+    }
+}
+
+/// Configuration, this gateway's plan and its TLS material: everything a
+/// start or a reload validates before it binds or applies anything.
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// The policy compiled for `config.gateway`, before runtime quarantine.
+    pub plan: Plan,
+    /// Certificates, key, CA and CRL.
+    pub tls: TlsMaterial,
+}
+
+/// Load and validate configuration, policy and TLS material.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Loaded, LoadError> {
+    let config = Config::load(file, overrides)?;
+    let plan = load_plan(&config)?;
+    let tls = TlsMaterial::load(&config.tls, &plan.identity)?;
+    Ok(Loaded { config, plan, tls })
+}
+
+/// Read, validate and compile the policy for `config.gateway`; policy
+/// warnings are logged.
+pub fn load_plan(config: &Config) -> Result<Plan, LoadError> {
+    let text = std::fs::read_to_string(&config.policy).map_err(|source| LoadError::PolicyRead {
+        path: config.policy.clone(),
+        source,
+    })?;
+    let name = config.policy.display().to_string();
+    let (policy, warnings) = ward_policy::load(
+        &name,
+        &text,
+        &ValidateOptions {
+            today: Some(today()),
+        },
+    )
+    .map_err(|d| LoadError::Policy {
+        diagnostics: d
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect(),
+    })?;
+    for w in warnings {
+        tracing::warn!(diagnostic = %w, "policy warning");
+    }
+    ward_policy::compile(&policy, &config.gateway).map_err(|source| LoadError::Gateway {
+        path: config.policy.clone(),
+        source,
+    })
+}
+
+fn today() -> ward_policy::model::Date {
+    let now = time::OffsetDateTime::now_utc();
+    ward_policy::model::Date {
+        year: now.year() as u16,
+        month: u8::from(now.month()),
+        day: now.day(),
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +267,28 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Where the audit trail is forwarded (`[audit]`): syslog over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditForward {
+    /// Receiver address (`audit.forward`).
+    pub addr: SocketAddr,
+    /// CA file that signs the receiver's certificate (`audit.forward_ca`).
+    pub ca: PathBuf,
+    /// Name the receiver's certificate must carry (`audit.forward_server_name`).
+    pub server_name: String,
+}
+
+/// OTLP export settings (`[telemetry]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Otlp {
+    /// Collector base URL, e.g. `http://127.0.0.1:4318`.
+    pub endpoint: String,
+    /// How often metrics are exported (default 30 s).
+    pub metrics_interval: Duration,
+    /// The gateway name, sent as the resource attribute `ward.gateway`.
+    pub gateway: String,
+}
+
 /// Connection limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -157,34 +305,36 @@ pub struct Limits {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Worker threads of the runtime that carries every connection.
+    /// Worker threads of the runtime that carries every connection (1-256;
+    /// default one per CPU).
     pub workers: usize,
-    /// This gateway's name in the policy.
+    /// This gateway's name in the policy (`gateway`, `WARD_GATEWAY` or `--gateway`).
     pub gateway: String,
-    /// Policy file.
+    /// Policy file (`policy` or `--policy`).
     pub policy: PathBuf,
-    /// State directory.
+    /// Directory of the QUIC reset key, audit trail, forwarder position and
+    /// runtime quarantine.
     pub state_dir: PathBuf,
     /// TLS files.
     pub tls: TlsPaths,
-    /// How often TLS files are checked for changes.
+    /// How often TLS files are checked for a changed modification time.
     pub tls_watch: Duration,
     /// Limits.
     pub limits: Limits,
-    /// Apply the nftables ruleset (off only for unprivileged tests).
+    /// Apply the nftables ruleset (false only for unprivileged tests).
     pub apply_nft: bool,
     /// Testing only: fixed wall-clock time (Unix seconds) for maintenance windows.
     pub fake_now: Option<i64>,
-    /// Source address for outgoing QUIC.
+    /// Source address of outgoing QUIC (default: unspecified).
     pub quic_bind: Option<IpAddr>,
-    /// Admin API socket.
+    /// Admin API socket (mode 0660).
     pub admin_socket: PathBuf,
-    /// Prometheus metrics listener.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Where to forward the audit trail (syslog over TLS).
-    pub audit_forward: Option<crate::forward::Target>,
-    /// OTLP export.
-    pub otlp: Option<crate::telemetry::Otlp>,
+    /// Prometheus metrics listener; `None` when `metrics_listen = ""`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where to forward the audit trail, when `[audit] forward` is set.
+    pub audit_forward: Option<AuditForward>,
+    /// OTLP export, when `[telemetry] otlp_endpoint` is set.
+    pub otlp: Option<Otlp>,
 }
 
 /// Command-line values that override every other layer.
@@ -204,10 +354,13 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let path = file.unwrap_or(Path::new(DEFAULT_CONFIG));
         if file.is_some() && !path.exists() {
-            return Err(ConfigError(vec![format!(
-                "{}: file not found",
-                path.display()
-            )]));
+            return Err(ConfigError {
+                issues: vec![ConfigIssue {
+                    key: "config".into(),
+                    origin: "--config".into(),
+                    message: format!("{}: file not found", path.display()),
+                }],
+            });
         }
         let figment = Figment::from(Serialized::defaults(Raw::default()))
             .merge(Toml::file(path))
@@ -222,12 +375,8 @@ impl Config {
                     .split("__"),
             )
             .merge(Serialized::defaults(overrides));
-        let raw: Raw = figment
-            .extract()
-            .map_err(|e| ConfigError(e.into_iter().map(|e| e.to_string()).collect()))?;
-        let mut errs = Vec::new();
-        let source = |key: &str| -> String {
-            match figment.find_metadata(key) {
+        let origin_of = |m: Option<&figment::Metadata>, key: &str| -> String {
+            match m {
                 Some(m) if m.name.contains("environment") => {
                     format!(
                         "environment variable WARD_{}",
@@ -241,42 +390,66 @@ impl Config {
                 None => "default".into(),
             }
         };
-        let mut duration = |key: &str, v: &str| -> Duration {
+        let raw: Raw = figment.extract().map_err(|e| ConfigError {
+            issues: e
+                .into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    ConfigIssue {
+                        origin: origin_of(e.metadata.as_ref(), &key),
+                        message: e.kind.to_string(),
+                        key: if key.is_empty() {
+                            "(top level)".into()
+                        } else {
+                            key
+                        },
+                    }
+                })
+                .collect(),
+        })?;
+        let mut issues = Vec::new();
+        let mut issue = |key: &str, message: String| {
+            issues.push(ConfigIssue {
+                key: key.to_owned(),
+                origin: origin_of(figment.find_metadata(key), key),
+                message,
+            });
+        };
+        let duration = |issue: &mut dyn FnMut(&str, String), key: &str, v: &str| -> Duration {
             ward_policy::parse_duration(v).unwrap_or_else(|| {
-                errs.push(format!(
-                    "{key}: {v:?} is not a duration (e.g. \"10s\"), from {}",
-                    source(key)
-                ));
+                issue(key, format!("{v:?} is not a duration (e.g. \"10s\")"));
                 Duration::from_secs(1)
             })
         };
-        let handshake_timeout = duration("limits.handshake_timeout", &raw.limits.handshake_timeout);
-        let drain_timeout = duration("limits.drain_timeout", &raw.limits.drain_timeout);
-        let tls_watch = duration("tls.watch_interval", &raw.tls.watch_interval);
+        let handshake_timeout = duration(
+            &mut issue,
+            "limits.handshake_timeout",
+            &raw.limits.handshake_timeout,
+        );
+        let drain_timeout = duration(
+            &mut issue,
+            "limits.drain_timeout",
+            &raw.limits.drain_timeout,
+        );
+        let tls_watch = duration(&mut issue, "tls.watch_interval", &raw.tls.watch_interval);
         let gateway = raw.gateway.clone().unwrap_or_else(|| {
-            errs.push("gateway: required: the name of this gateway in the policy (gateway = \"edge-01\", WARD_GATEWAY or --gateway)".into());
+            issue("gateway", "required: the name of this gateway in the policy (gateway = \"edge-01\", WARD_GATEWAY or --gateway)".into());
             String::new()
         });
         if raw.limits.max_handshakes == 0 {
-            errs.push(format!(
-                "limits.max_handshakes: must be at least 1, from {}",
-                source("limits.max_handshakes")
-            ));
+            issue("limits.max_handshakes", "must be at least 1".into());
         }
         if raw.limits.max_connections_per_source == 0 {
-            errs.push(format!(
-                "limits.max_connections_per_source: must be at least 1, from {}",
-                source("limits.max_connections_per_source")
-            ));
+            issue(
+                "limits.max_connections_per_source",
+                "must be at least 1".into(),
+            );
         }
         let workers = match raw.workers {
             None => default_workers(),
             Some(n @ 1..=MAX_WORKERS) => n,
             Some(n) => {
-                errs.push(format!(
-                    "workers: {n} is not between 1 and {MAX_WORKERS}, from {}",
-                    source("workers")
-                ));
+                issue("workers", format!("{n} is not between 1 and {MAX_WORKERS}"));
                 1
             }
         };
@@ -284,7 +457,7 @@ impl Config {
             match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
                 Ok(t) => Some(t.unix_timestamp()),
                 Err(e) => {
-                    errs.push(format!("fake_now: {s:?} is not an RFC 3339 time: {e}"));
+                    issue("fake_now", format!("{s:?} is not an RFC 3339 time: {e}"));
                     None
                 }
             }
@@ -292,24 +465,20 @@ impl Config {
         let quic_bind = raw.quic_bind.as_deref().and_then(|s| match s.parse() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                errs.push(format!(
-                    "quic_bind: {s:?} is not an IP address, from {}",
-                    source("quic_bind")
-                ));
+                issue("quic_bind", format!("{s:?} is not an IP address"));
                 None
             }
         });
         let metrics_listen = if raw.metrics_listen.is_empty() {
             None
         } else {
-            match raw.metrics_listen.parse::<std::net::SocketAddr>() {
+            match raw.metrics_listen.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    errs.push(format!(
-                        "metrics_listen: {:?} is not an address with port, from {}",
-                        raw.metrics_listen,
-                        source("metrics_listen")
-                    ));
+                    issue(
+                        "metrics_listen",
+                        format!("{:?} is not an address with port", raw.metrics_listen),
+                    );
                     None
                 }
             }
@@ -321,30 +490,30 @@ impl Config {
         ) {
             (None, _, _) => None,
             (Some(addr), Some(ca), Some(name)) => match addr.parse() {
-                Ok(addr) => Some(crate::forward::Target {
+                Ok(addr) => Some(AuditForward {
                     addr,
                     ca: ca.into(),
                     server_name: name.clone(),
                 }),
                 Err(_) => {
-                    errs.push(format!(
-                        "audit.forward: {addr:?} is not an address with port, from {}",
-                        source("audit.forward")
-                    ));
+                    issue(
+                        "audit.forward",
+                        format!("{addr:?} is not an address with port"),
+                    );
                     None
                 }
             },
             (Some(_), _, _) => {
-                errs.push("audit.forward needs audit.forward_ca and audit.forward_server_name (the receiver is verified)".into());
+                issue("audit.forward", "needs audit.forward_ca and audit.forward_server_name (the receiver is verified)".into());
                 None
             }
         };
         let otlp = raw.telemetry.otlp_endpoint.as_ref().and_then(|ep| {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                errs.push(format!(
-                    "telemetry.otlp_endpoint: {ep:?} is not an http(s) URL, from {}",
-                    source("telemetry.otlp_endpoint")
-                ));
+                issue(
+                    "telemetry.otlp_endpoint",
+                    format!("{ep:?} is not an http(s) URL"),
+                );
                 return None;
             }
             let interval = raw
@@ -353,17 +522,20 @@ impl Config {
                 .as_deref()
                 .map_or(Some(Duration::from_secs(30)), ward_policy::parse_duration);
             let Some(metrics_interval) = interval else {
-                errs.push("telemetry.metrics_interval: not a duration (e.g. \"30s\")".into());
+                issue(
+                    "telemetry.metrics_interval",
+                    "not a duration (e.g. \"30s\")".into(),
+                );
                 return None;
             };
-            Some(crate::telemetry::Otlp {
+            Some(Otlp {
                 endpoint: ep.clone(),
                 metrics_interval,
                 gateway: raw.gateway.clone().unwrap_or_default(),
             })
         });
-        if !errs.is_empty() {
-            return Err(ConfigError(errs));
+        if !issues.is_empty() {
+            return Err(ConfigError { issues });
         }
         Ok(Config {
             workers,
