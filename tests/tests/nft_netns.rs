@@ -165,3 +165,100 @@ fn monitor_and_quarantine_variants_apply() {
         "monitor mode accepts: {chain}"
     );
 }
+
+/// Start order: every socket is bound before the ruleset is touched. With
+/// one listener's port already taken, `wardd` exits non-zero naming the
+/// address, the namespace's previous ruleset is byte-identical afterwards,
+/// and the audit trail holds no "policy applied" record. With the port
+/// free (the positive control), the same start applies its own ruleset and
+/// records it.
+#[test]
+fn taken_port_leaves_the_previous_ruleset_and_no_applied_record() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    use ward_tests::harness::{Wardd, binary, write_config};
+    use ward_tests::site::{Site, SiteOptions};
+    use ward_tests::topology::Bg;
+
+    let ns = netns_or_skip!("startorder");
+    let site = Site::new("startorder", &SiteOptions::default());
+    let policy = std::fs::read_to_string(&site.policy).expect("policy");
+    let (p, _) = ward_policy::load("policy.toml", &policy, &Default::default()).expect("valid");
+    let previous = ward_policy::compile(&p, "hub-dc-01").expect("hub plan");
+    let nft = Nft::in_netns(ns.name());
+    nft.apply_json(&ward_policy::nft::render_json(&previous))
+        .expect("previous ruleset applies");
+    let ruleset = || ns.run(&["nft", "list", "ruleset"]);
+    let before = ruleset();
+
+    let config = site.dir.join("edge.toml");
+    write_config(
+        &config,
+        "edge-01",
+        &site.policy,
+        &site.edge_cert,
+        &site.ca,
+        "quic_bind = \"127.0.3.1\"",
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("apply = false", "apply = true")).expect("config");
+    let audit = site.dir.join("state-edge-01").join("audit.jsonl");
+    let applied_records = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(r#""kind":"policy""#) && l.contains(r#""action":"applied""#))
+            .count()
+    };
+
+    // Something else holds one of the edge's listener addresses.
+    let taken = site.echo_tcp;
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "python3", "-c"])
+        .arg(format!(
+            "import socket, time\ns = socket.socket()\ns.bind(('{}', {}))\ns.listen()\nprint('bound', flush=True)\ntime.sleep(60)",
+            taken.ip(),
+            taken.port()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("port holder");
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("holder output");
+    assert_eq!(line.trim(), "bound");
+    let holder = Bg(holder);
+
+    let mut wardd = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(binary("wardd"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wardd");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = wardd.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "wardd kept running with its port taken");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut wardd.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains(&taken.to_string()), "the error names {taken}: {stderr}");
+    assert_eq!(ruleset(), before, "a failed start changed the ruleset");
+    assert_eq!(applied_records(), 0, "a failed start recorded a policy as applied");
+
+    // Positive control: with the port free the same start applies and records.
+    drop(holder);
+    let _edge = Wardd::start_in(ns.name(), &config, &site.dir.join("edge.log"));
+    assert_ne!(ruleset(), before, "the edge's start did not apply its ruleset");
+    assert_eq!(applied_records(), 1);
+}
