@@ -43,8 +43,11 @@ fi
 # The hl7 package's mllp_send and MLLP server are the HL7 peers in the tests;
 # prometheus-client's parser reads the metrics page in the tests.
 # cyclonedx-python-lib validates the SBOM against the CycloneDX schema.
-pip_packages=(hl7 prometheus-client "cyclonedx-python-lib[json-validation]")
-if ! python3 -c 'import hl7.mllp, prometheus_client.parser, cyclonedx.validation.json, jsonschema' 2>/dev/null || ! command -v mllp_send >/dev/null; then
+# pynetdicom is a DICOM peer of its own, and its console scripts (storescp,
+# storescu, echoscu, ...) land before dcmtk's on PATH, as on many hospital
+# machines: the tests resolve dcmtk's tools past them (peers::dcmtk).
+pip_packages=(hl7 prometheus-client "cyclonedx-python-lib[json-validation]" pynetdicom)
+if ! python3 -c 'import hl7.mllp, prometheus_client.parser, cyclonedx.validation.json, jsonschema, pynetdicom' 2>/dev/null || ! command -v mllp_send >/dev/null; then
   echo "==> installing the Python packages: ${pip_packages[*]}"
   python3 -m pip install --quiet "${pip_packages[@]}" || python3 -m pip install --quiet --break-system-packages "${pip_packages[@]}"
   command -v pyenv >/dev/null && pyenv rehash || true

@@ -34,6 +34,55 @@ impl Peer {
     }
 }
 
+/// The dcmtk program `tool`, resolved unambiguously: other packages install
+/// commands of the same names (pynetdicom's console scripts `storescp`,
+/// `storescu`, `echoscu`, `findscu`, `movescu`), so the first one on `PATH`
+/// is used only when its `--version` names dcmtk; otherwise Debian's
+/// `/usr/bin` copy. Panics, saying what was found instead, when there is none.
+pub fn dcmtk(tool: &str) -> PathBuf {
+    static FOUND: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut found = FOUND.lock().expect("dcmtk cache");
+    if let Some((_, p)) = found.iter().find(|(t, _)| t == tool) {
+        return p.clone();
+    }
+    let p = resolve_dcmtk(tool, std::env::var_os("PATH")).unwrap_or_else(|e| panic!("{e}"));
+    found.push((tool.to_owned(), p.clone()));
+    p
+}
+
+/// [`dcmtk`] for a given `PATH`.
+fn resolve_dcmtk(tool: &str, path: Option<std::ffi::OsString>) -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = path
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(tool))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push(Path::new("/usr/bin").join(tool));
+    let mut seen = Vec::new();
+    for c in candidates {
+        let Ok(out) = Command::new(&c).arg("--version").output() else {
+            continue;
+        };
+        let version = String::from_utf8_lossy(&out.stdout);
+        if version.contains("$dcmtk:") {
+            return Ok(c);
+        }
+        let first = version.lines().next().unwrap_or("(no output)").to_owned();
+        seen.push(format!("{} ({first})", c.display()));
+    }
+    Err(format!(
+        "dcmtk's {tool} not found (install the Debian package dcmtk); found instead: {}",
+        if seen.is_empty() {
+            "nothing".to_owned()
+        } else {
+            seen.join(", ")
+        }
+    ))
+}
+
 /// Make a DICOM Secondary Capture file from a generated `side`×`side` RGB
 /// bitmap with dcmtk's `img2dcm`.
 pub fn make_dicom(dir: &TempDir, side: u32) -> PathBuf {
@@ -62,7 +111,7 @@ pub fn make_dicom(dir: &TempDir, side: u32) -> PathBuf {
     let bmp_path = dir.join("image.bmp");
     std::fs::write(&bmp_path, bmp).expect("write bmp");
     let dcm = dir.join("image.dcm");
-    let out = Command::new("img2dcm")
+    let out = Command::new(dcmtk("img2dcm"))
         .args(["-i", "BMP"])
         .arg(&bmp_path)
         .arg(&dcm)
@@ -96,7 +145,7 @@ pub fn storescp(addr: SocketAddr, out: &Path, extra: &[&str]) -> Peer {
     std::fs::create_dir_all(out).expect("create storescp dir");
     // storescp binds all interfaces unless told otherwise; dcmtk 3.6.7 has no
     // bind-address option, so each test gives it its own port.
-    let child = Command::new("storescp")
+    let child = Command::new(dcmtk("storescp"))
         .arg("--output-directory")
         .arg(out)
         .arg("--bit-preserving")
@@ -118,7 +167,7 @@ pub fn storescp(addr: SocketAddr, out: &Path, extra: &[&str]) -> Peer {
 
 /// dcmtk `storescu` sending `file` to `addr`.
 pub fn storescu(addr: SocketAddr, file: &Path, extra: &[&str]) -> Output {
-    Command::new("storescu")
+    Command::new(dcmtk("storescu"))
         .args(["-aec", "PACS", "-aet", "WARDTEST"])
         .args(extra)
         .arg(addr.ip().to_string())
@@ -229,4 +278,41 @@ pub fn echo_server(addr: SocketAddr) {
             });
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A same-named program that is not dcmtk's (pynetdicom's console
+    /// script, say) is passed over for dcmtk's own; with no dcmtk copy at
+    /// all, the error names what was found.
+    #[test]
+    fn dcmtk_tools_resolve_past_same_named_programs() {
+        let dir = TempDir::new("dcmtk-resolve");
+        for tool in ["storescp", "wardtest-nodcmtk"] {
+            let fake = dir.join(tool);
+            std::fs::write(&fake, "#!/bin/sh\necho 'pynetdicom 2.1.1'\n").expect("write");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let path = Some(dir.path().as_os_str().to_owned());
+        if Path::new("/usr/bin/storescp").is_file() {
+            assert_eq!(
+                resolve_dcmtk("storescp", path.clone()),
+                Ok(PathBuf::from("/usr/bin/storescp"))
+            );
+        } else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI installs dcmtk"
+            );
+        }
+        let err = resolve_dcmtk("wardtest-nodcmtk", path).expect_err("no dcmtk copy");
+        assert!(
+            err.contains(&dir.join("wardtest-nodcmtk").display().to_string())
+                && err.contains("pynetdicom 2.1.1"),
+            "{err}"
+        );
+    }
 }

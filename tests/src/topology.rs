@@ -290,9 +290,9 @@ pub fn capture(ns: &Netns, iface: &str, file: &std::path::Path) -> Bg {
 }
 
 /// A command run inside namespace `ns`.
-pub fn cmd_in(ns: &Netns, program: &str) -> Command {
+pub fn cmd_in(ns: &Netns, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns.name(), program]);
+    c.args(["netns", "exec", ns.name()]).arg(program);
     c
 }
 
@@ -309,7 +309,7 @@ impl Drop for Bg {
 /// dcmtk `storescp` in `ns` on `port`, storing into `out`.
 pub fn storescp_in(ns: &Netns, port: u16, out: &Path, extra: &[&str]) -> Bg {
     std::fs::create_dir_all(out).expect("storescp dir");
-    let child = cmd_in(ns, "storescp")
+    let child = cmd_in(ns, crate::peers::dcmtk("storescp"))
         .arg("--output-directory")
         .arg(out)
         .arg("--bit-preserving")
@@ -340,7 +340,7 @@ pub fn wait_listen(ns: &Netns, port: u16) {
 
 /// dcmtk `storescu` in `ns`.
 pub fn storescu_in(ns: &Netns, host: &str, port: u16, file: &Path, extra: &[&str]) -> Output {
-    cmd_in(ns, "storescu")
+    cmd_in(ns, crate::peers::dcmtk("storescu"))
         .args(["-aec", "PACS", "-aet", "CT-SCANNER-2"])
         .args(["-to", "5", "-ta", "10", "-td", "10"])
         .args(extra)

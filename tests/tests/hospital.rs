@@ -23,7 +23,7 @@ macro_rules! hospital {
 /// A long DICOM association: echoscu repeating C-ECHO, its log in `log`.
 fn association(h: &Hospital, log: &std::path::Path) -> Bg {
     let file = std::fs::File::create(log).expect("log");
-    Bg(cmd_in(&h.ct, "echoscu")
+    Bg(cmd_in(&h.ct, ward_tests::peers::dcmtk("echoscu"))
         .args([
             "-v",
             "-aec",

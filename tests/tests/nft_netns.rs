@@ -245,20 +245,34 @@ fn taken_port_leaves_the_previous_ruleset_and_no_applied_record() {
         if let Some(s) = wardd.try_wait().expect("wait") {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "wardd kept running with its port taken");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "wardd kept running with its port taken"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut wardd.stderr.take().expect("stderr"), &mut stderr)
         .expect("stderr");
     assert_eq!(status.code(), Some(69), "{stderr}");
-    assert!(stderr.contains(&taken.to_string()), "the error names {taken}: {stderr}");
+    assert!(
+        stderr.contains(&taken.to_string()),
+        "the error names {taken}: {stderr}"
+    );
     assert_eq!(ruleset(), before, "a failed start changed the ruleset");
-    assert_eq!(applied_records(), 0, "a failed start recorded a policy as applied");
+    assert_eq!(
+        applied_records(),
+        0,
+        "a failed start recorded a policy as applied"
+    );
 
     // Positive control: with the port free the same start applies and records.
     drop(holder);
     let _edge = Wardd::start_in(ns.name(), &config, &site.dir.join("edge.log"));
-    assert_ne!(ruleset(), before, "the edge's start did not apply its ruleset");
+    assert_ne!(
+        ruleset(),
+        before,
+        "the edge's start did not apply its ruleset"
+    );
     assert_eq!(applied_records(), 1);
 }
