@@ -49,7 +49,7 @@ enum Command {
     Flow(online::FlowCommand),
     /// Reload configuration, policy and certificates (like SIGHUP).
     Reload,
-    /// Check the audit trail's hash chain (offline).
+    /// Read the audit trail (offline): check its chain, or show its records.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -76,6 +76,15 @@ enum AuditCommand {
         /// Audit trail (JSON lines).
         #[arg(default_value = "/var/lib/ward/audit.jsonl")]
         file: std::path::PathBuf,
+    },
+    /// Print the records, one line each (with --json, as the schema has them).
+    Show {
+        /// Audit trail (JSON lines).
+        #[arg(default_value = "/var/lib/ward/audit.jsonl")]
+        file: std::path::PathBuf,
+        /// Only records of this kind: flow, handshake, policy, admin, certificate.
+        #[arg(long)]
+        kind: Option<String>,
     },
 }
 
@@ -118,6 +127,60 @@ fn audit_verify(file: &std::path::Path, json: bool) -> anyhow::Result<Exit> {
     }
 }
 
+/// `wardctl audit show`: every record parsed with the trail's schema
+/// (`ward_api::audit::Record`); records of 0.1.0 whose fields differ are
+/// shown from their raw fields and marked.
+fn audit_show(file: &std::path::Path, kind: Option<&str>, json: bool) -> anyhow::Result<Exit> {
+    use anyhow::Context;
+    use ward_api::audit::Record;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading audit trail {}", file.display()))?;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (mut fields, typed) = match serde_json::from_str::<Record>(line) {
+            Ok(r) => (serde_json::to_value(&r)?, true),
+            Err(_) => (
+                serde_json::from_str::<serde_json::Value>(line).with_context(|| {
+                    format!("{}:{}: not an audit record", file.display(), n + 1)
+                })?,
+                false,
+            ),
+        };
+        let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
+        if kind.is_some_and(|k| field(&fields, "kind") != k) {
+            continue;
+        }
+        if json {
+            println!("{fields}");
+            continue;
+        }
+        let head = format!(
+            "{:>6} {} {:<11} {:<10}",
+            fields["seq"],
+            field(&fields, "time"),
+            field(&fields, "kind"),
+            field(&fields, "action")
+        );
+        let map = fields.as_object_mut().expect("a record is an object");
+        for k in ["seq", "prev", "time", "kind", "action"] {
+            map.remove(k);
+        }
+        let rest: Vec<String> = map
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v.as_str() {
+                Some(s) => format!("{k}={s}"),
+                None => format!("{k}={v}"),
+            })
+            .collect();
+        let mark = if typed { "" } else { " (0.1.0 record)" };
+        println!("{head} {}{mark}", rest.join(" "));
+    }
+    Ok(Exit::Ok)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -128,6 +191,9 @@ fn main() -> ExitCode {
         Command::Flow(c) => online::run(online::Verb::Flow(c), cli.socket, cli.json),
         Command::Reload => online::run(online::Verb::Reload, cli.socket, cli.json),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file, cli.json),
+        Command::Audit(AuditCommand::Show { file, kind }) => {
+            audit_show(&file, kind.as_deref(), cli.json)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -37,9 +37,10 @@ fn unit_exposure_at_most_2() {
     assert!(figure <= 2.0, "exposure {figure} > 2.0:\n{text}");
 }
 
-/// wardd tells systemd READY=1 (after binding and applying) and STOPPING=1.
+/// wardd tells systemd READY=1 (after binding and applying), RELOADING=1
+/// and READY=1 around every reload, whatever triggered it, and STOPPING=1.
 #[test]
-fn notify_ready_and_stopping() {
+fn notify_ready_reloading_and_stopping() {
     use ward_tests::harness::Wardd;
     use ward_tests::site::{Site, SiteOptions};
     let site = Site::new("notify", &SiteOptions::default());
@@ -66,6 +67,34 @@ fn notify_ready_and_stopping() {
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(msg.contains("READY=1"), "{msg}");
     assert!(hub.log().contains("wardd ready"), "READY before the banner");
+    // Every reload trigger tells systemd: the admin API (`wardctl reload`)
+    // as well as SIGHUP.
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let out = Command::new(ward_tests::harness::binary("wardctl"))
+        .arg("reload")
+        .arg("--socket")
+        .arg(site.dir.join("hub-dc-01.sock"))
+        .output()
+        .expect("wardctl reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        next().contains("RELOADING=1"),
+        "wardctl reload: no RELOADING"
+    );
+    assert!(
+        next().contains("READY=1"),
+        "wardctl reload: no READY after it"
+    );
+    hub.signal("HUP");
+    assert!(next().contains("RELOADING=1"), "SIGHUP: no RELOADING");
+    assert!(next().contains("READY=1"), "SIGHUP: no READY after it");
     hub.signal("TERM");
     let n = sock.recv(&mut buf).expect("stopping");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));

@@ -315,11 +315,11 @@ pub struct Config {
     /// Directory of the QUIC reset key, audit trail, forwarder position and
     /// runtime quarantine.
     pub state_dir: PathBuf,
-    /// TLS files.
+    /// TLS files (`[tls]` ca, cert, key, crl).
     pub tls: TlsPaths,
     /// How often TLS files are checked for a changed modification time.
     pub tls_watch: Duration,
-    /// Limits.
+    /// `[limits]`.
     pub limits: Limits,
     /// Apply the nftables ruleset (false only for unprivileged tests).
     pub apply_nft: bool,

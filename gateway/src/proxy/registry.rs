@@ -49,13 +49,13 @@ impl Grant {
 /// Counters of one flow, over all its connections.
 #[derive(Debug, Default)]
 pub struct FlowStats {
-    /// Connections accepted.
+    /// Connections admitted since start.
     pub opened: AtomicU64,
-    /// Connections refused.
+    /// Connections refused since start (policy, limits, far end unreachable).
     pub denied: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,
-    /// Bytes, both directions.
+    /// Bytes of every connection of the flow since start, per direction.
     pub bytes: Arc<Totals>,
     /// When a connection last opened (Unix seconds; 0: never).
     pub last_opened: AtomicU64,

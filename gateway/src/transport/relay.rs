@@ -22,9 +22,9 @@ pub const SMALL: usize = 1024;
 /// Bytes moved by one connection, readable while it runs.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Device (or client) towards the far end.
+    /// Bytes from the device (or client) towards the far end.
     pub up: AtomicU64,
-    /// Far end towards the device (or client).
+    /// Bytes from the far end towards the device (or client).
     pub down: AtomicU64,
 }
 
@@ -269,9 +269,9 @@ async fn pump(
 /// Per-flow totals the relay adds to, besides its own connection counters.
 #[derive(Debug, Default)]
 pub struct Totals {
-    /// All bytes up.
+    /// Bytes up, over all connections of a flow.
     pub up: AtomicU64,
-    /// All bytes down.
+    /// Bytes down, over all connections of a flow.
     pub down: AtomicU64,
 }
 
