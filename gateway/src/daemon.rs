@@ -301,6 +301,7 @@ impl Gateway {
         // The watchdog is pinged from this loop, so a wedged loop gets the
         // service restarted (the ruleset stays meanwhile: fail closed).
         let watchdog = sd_notify::watchdog_enabled();
+        // Without a watchdog the branch is off and the period unused.
         let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
         tokio::pin!(shutdown);
         loop {

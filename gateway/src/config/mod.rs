@@ -255,6 +255,9 @@ impl Default for Raw {
     }
 }
 
+/// `telemetry.metrics_interval` when not set.
+const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Most worker threads `workers` may ask for.
 const MAX_WORKERS: usize = 256;
 
@@ -520,7 +523,7 @@ impl Config {
                 .telemetry
                 .metrics_interval
                 .as_deref()
-                .map_or(Some(Duration::from_secs(30)), ward_policy::parse_duration);
+                .map_or(Some(DEFAULT_METRICS_INTERVAL), ward_policy::parse_duration);
             let Some(metrics_interval) = interval else {
                 issue(
                     "telemetry.metrics_interval",

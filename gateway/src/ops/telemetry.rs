@@ -24,6 +24,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::Otlp;
+
+/// One OTLP export (spans or metrics) may take this long; a collector that
+/// does not answer must not hold up the exporting thread for longer.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Spans are batched for this long: tunnels show up in the collector within
+/// about a second, without one request per span.
+const SPAN_BATCH_DELAY: Duration = Duration::from_secs(1);
 use crate::proxy::registry::Registry;
 
 /// Keeps the OTLP pipelines alive; flushes them on drop.
@@ -36,7 +43,7 @@ pub struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(t) = self.tracer.take() {
-            let _ = t.shutdown_with_timeout(Duration::from_secs(3));
+            let _ = t.shutdown_with_timeout(EXPORT_TIMEOUT);
         }
         if let Some(m) = self.meter.take() {
             let _ = m.shutdown();
@@ -87,13 +94,13 @@ pub fn init(otlp: Option<&Otlp>) -> Result<Guard, String> {
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{base}/v1/traces"))
-                .with_timeout(Duration::from_secs(3))
+                .with_timeout(EXPORT_TIMEOUT)
                 .build()
                 .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
             let processor = BatchSpanProcessor::builder(spans)
                 .with_batch_config(
                     BatchConfigBuilder::default()
-                        .with_scheduled_delay(Duration::from_secs(1))
+                        .with_scheduled_delay(SPAN_BATCH_DELAY)
                         .build(),
                 )
                 .build();
@@ -104,7 +111,7 @@ pub fn init(otlp: Option<&Otlp>) -> Result<Guard, String> {
             let metrics = opentelemetry_otlp::MetricExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{base}/v1/metrics"))
-                .with_timeout(Duration::from_secs(3))
+                .with_timeout(EXPORT_TIMEOUT)
                 .build()
                 .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
             let meter = SdkMeterProvider::builder()
