@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
-use ward_api::audit::{AuditEvent, FlowAction};
+use ward_api::audit::FlowAction;
 use ward_policy::Leg;
 
 use super::conn::{self, Matched, tcp_connect};
@@ -43,16 +43,15 @@ pub async fn serve(
         Ok(r) => r.clone(),
         Err(denied) => {
             warn!(%src, %listener, peer = %peer.identity, reason = %denied, "client refused");
-            state.audit.record(AuditEvent::Flow {
-                action: FlowAction::Denied,
-                leg: Leg::Access,
-                flow: None,
-                device: None,
-                peer: Some(peer.identity.clone()),
-                src: src.to_string(),
-                dst: Some(listener.to_string()),
-                reason: Some(denied.to_string()),
-            });
+            state.audit.record(conn::refused(
+                Leg::Access,
+                src,
+                Some(listener),
+                None,
+                None,
+                Some(&peer.identity),
+                &denied,
+            ));
             return;
         }
     };

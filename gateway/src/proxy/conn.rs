@@ -52,6 +52,29 @@ impl Matched {
     }
 }
 
+/// The audit record of a connection refused before it was matched to an
+/// admitted flow: no route, or a policy decision against it.
+pub fn refused(
+    leg: ward_policy::Leg,
+    src: SocketAddr,
+    dst: Option<SocketAddr>,
+    flow: Option<&str>,
+    device: Option<&str>,
+    peer: Option<&str>,
+    reason: &dyn std::fmt::Display,
+) -> AuditEvent {
+    AuditEvent::Flow {
+        action: FlowAction::Denied,
+        leg,
+        flow: flow.map(str::to_owned),
+        device: device.map(str::to_owned),
+        peer: peer.map(str::to_owned),
+        src: src.to_string(),
+        dst: dst.map(|d| d.to_string()),
+        reason: Some(reason.to_string()),
+    }
+}
+
 /// An admitted connection: counted against its flow's limit and listed in
 /// the registry until dropped.
 pub struct Admitted {

@@ -215,31 +215,30 @@ mod tests {
     /// trail use, and QUIC's crypto codes to the same ones.
     #[test]
     fn classifies_rustls_errors_and_quic_alerts() {
-        let cert = |c| rustls::Error::InvalidCertificate(c);
-        assert_eq!(
-            classify(&rustls::Error::NoCertificatesPresented),
-            HandshakeFailure::NoCertificate
-        );
-        assert_eq!(
-            classify(&cert(CertificateError::UnknownIssuer)),
-            HandshakeFailure::UnknownIssuer
-        );
-        assert_eq!(
-            classify(&cert(CertificateError::BadSignature)),
-            HandshakeFailure::BadSignature
-        );
-        assert_eq!(
-            classify(&cert(CertificateError::Expired)),
-            HandshakeFailure::Expired
-        );
-        assert_eq!(
-            classify(&cert(CertificateError::Revoked)),
-            HandshakeFailure::Revoked
-        );
-        assert_eq!(
-            classify(&rustls::Error::NoApplicationProtocol),
-            HandshakeFailure::Protocol
-        );
+        let cert = rustls::Error::InvalidCertificate;
+        for (error, want) in [
+            (
+                rustls::Error::NoCertificatesPresented,
+                HandshakeFailure::NoCertificate,
+            ),
+            (
+                cert(CertificateError::UnknownIssuer),
+                HandshakeFailure::UnknownIssuer,
+            ),
+            (
+                cert(CertificateError::BadSignature),
+                HandshakeFailure::BadSignature,
+            ),
+            (cert(CertificateError::Expired), HandshakeFailure::Expired),
+            (cert(CertificateError::Revoked), HandshakeFailure::Revoked),
+            (
+                rustls::Error::NoApplicationProtocol,
+                HandshakeFailure::Protocol,
+            ),
+        ] {
+            assert_eq!(classify(&error), want, "{error}");
+        }
+        // tokio-rustls hands the rustls error over inside an io::Error.
         let io = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             cert(CertificateError::Revoked),

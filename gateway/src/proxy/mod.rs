@@ -72,6 +72,8 @@ impl Listeners {
             tunnel_quic: None,
         };
         for listener in &plan.listeners {
+            // The plan's listeners start outbound or access legs; the tunnel
+            // server is `plan.tunnel_server`.
             match listener.leg {
                 Leg::Access => l.access.push(bind_tcp(listener.addr, "access").await?),
                 Leg::Outbound | Leg::Tunnel => {
@@ -118,18 +120,24 @@ impl Listeners {
         shutdown: &CancellationToken,
         cut: &CancellationToken,
     ) -> Serving {
+        let ctx = Ctx {
+            tracker: tracker.clone(),
+            state: state.clone(),
+            shutdown: shutdown.clone(),
+            cut: cut.clone(),
+        };
         for l in self.outbound {
-            spawn_tcp_accept(tracker, l, Leg::Outbound, &state, shutdown, cut);
+            spawn_tcp_accept(&ctx, l, Leg::Outbound);
         }
         for l in self.access {
-            spawn_tcp_accept(tracker, l, Leg::Access, &state, shutdown, cut);
+            spawn_tcp_accept(&ctx, l, Leg::Access);
         }
         if let Some(l) = self.tunnel_tcp {
-            spawn_tcp_accept(tracker, l, Leg::Tunnel, &state, shutdown, cut);
+            spawn_tcp_accept(&ctx, l, Leg::Tunnel);
         }
         if let Some(ep) = &self.tunnel_quic {
-            spawn_quic_accept(tracker, ep.clone(), &state, shutdown, cut);
-            spawn_tls_follow(tracker, ep.clone(), &state, shutdown);
+            spawn_quic_accept(&ctx, ep.clone());
+            spawn_tls_follow(&ctx, ep.clone());
         }
         Serving {
             tunnel_quic: self.tunnel_quic,
@@ -164,22 +172,25 @@ async fn accept_backoff(attempt: &mut u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// What every accept loop holds: where tasks go, what they read, when
+/// accepting stops (`shutdown`) and when connections are cut (`cut`).
+#[derive(Clone)]
+struct Ctx {
+    tracker: TaskTracker,
+    state: Arc<ProxyState>,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+}
+
 /// The accept loop of a TCP listener of `leg`: one task per connection.
-fn spawn_tcp_accept(
-    tracker: &TaskTracker,
-    listener: TcpListener,
-    leg: Leg,
-    state: &Arc<ProxyState>,
-    shutdown: &CancellationToken,
-    cut: &CancellationToken,
-) {
-    let (t, state, shutdown, cut) = (
-        tracker.clone(),
-        state.clone(),
-        shutdown.clone(),
-        cut.clone(),
-    );
-    tracker.spawn(async move {
+fn spawn_tcp_accept(ctx: &Ctx, listener: TcpListener, leg: Leg) {
+    let Ctx {
+        tracker: t,
+        state,
+        shutdown,
+        cut,
+    } = ctx.clone();
+    ctx.tracker.spawn(async move {
         let mut errors = 0;
         loop {
             let (stream, src): (TcpStream, SocketAddr) = tokio::select! {
@@ -211,20 +222,14 @@ fn spawn_tcp_accept(
 }
 
 /// The QUIC tunnel server's accept loop: one task per peer connection.
-fn spawn_quic_accept(
-    tracker: &TaskTracker,
-    endpoint: quinn::Endpoint,
-    state: &Arc<ProxyState>,
-    shutdown: &CancellationToken,
-    cut: &CancellationToken,
-) {
-    let (t, state, shutdown, cut) = (
-        tracker.clone(),
-        state.clone(),
-        shutdown.clone(),
-        cut.clone(),
-    );
-    tracker.spawn(async move {
+fn spawn_quic_accept(ctx: &Ctx, endpoint: quinn::Endpoint) {
+    let Ctx {
+        tracker: t,
+        state,
+        shutdown,
+        cut,
+    } = ctx.clone();
+    ctx.tracker.spawn(async move {
         let Ok(listener) = endpoint.local_addr() else {
             return;
         };
@@ -251,14 +256,9 @@ fn spawn_quic_accept(
 
 /// Install new TLS material on the QUIC tunnel server whenever the control
 /// layer publishes it (TCP listeners read it per connection).
-fn spawn_tls_follow(
-    tracker: &TaskTracker,
-    endpoint: quinn::Endpoint,
-    state: &Arc<ProxyState>,
-    shutdown: &CancellationToken,
-) {
-    let (mut tls, shutdown) = (state.tls_receiver(), shutdown.clone());
-    tracker.spawn(async move {
+fn spawn_tls_follow(ctx: &Ctx, endpoint: quinn::Endpoint) {
+    let (mut tls, shutdown) = (ctx.state.tls_receiver(), ctx.shutdown.clone());
+    ctx.tracker.spawn(async move {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
-use ward_api::audit::{AuditEvent, FlowAction};
+use ward_api::audit::FlowAction;
 use ward_policy::model::Transport;
 use ward_policy::{Leg, OutboundFlow, Target};
 
@@ -99,16 +99,15 @@ pub async fn serve(
         Ok(f) => f.clone(),
         Err(denied) => {
             warn!(%src, %dst, reason = %denied, "device connection refused");
-            state.audit.record(AuditEvent::Flow {
-                action: FlowAction::Denied,
-                leg: Leg::Outbound,
-                flow: None,
-                device: None,
-                peer: None,
-                src: src.to_string(),
-                dst: Some(dst.to_string()),
-                reason: Some(denied.to_string()),
-            });
+            state.audit.record(conn::refused(
+                Leg::Outbound,
+                src,
+                Some(dst),
+                None,
+                None,
+                None,
+                &denied,
+            ));
             return;
         }
     };

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
-use ward_api::audit::{AuditEvent, FlowAction};
+use ward_api::audit::FlowAction;
 use ward_policy::{Denied, Leg};
 
 use super::conn::{self, Matched, tcp_connect};
@@ -156,16 +156,15 @@ async fn serve_stream<R, W>(
             Err(denied) => {
                 state.registry.denied(&open.flow);
                 warn!(device = %open.device, reason = %denied, "tunnel refused");
-                state.audit.record(AuditEvent::Flow {
-                    action: FlowAction::Denied,
-                    leg: Leg::Tunnel,
-                    flow: Some(open.flow.clone()),
-                    device: Some(open.device.clone()),
-                    peer: Some(peer.identity.clone()),
-                    src: open.source.to_string(),
-                    dst: None,
-                    reason: Some(denied.to_string()),
-                });
+                state.audit.record(conn::refused(
+                    Leg::Tunnel,
+                    open.source,
+                    None,
+                    Some(&open.flow),
+                    Some(&open.device),
+                    Some(&peer.identity),
+                    &denied,
+                ));
                 refuse(&mut w, denied.into()).await;
                 return;
             }
