@@ -184,14 +184,15 @@ async fn three_legs_in_process() {
 /// After a reload, live connections are re-checked with the policy's own
 /// decisions: the vendor's session ends when the flow names another client
 /// (the flow's name unchanged), with an audited reason, while the device's
-/// tunnels the new policy still allows keep running; a runtime quarantine
-/// then cuts the device's tunnels.
+/// tunnels the new policy still allows keep running; when a service moves,
+/// the hub cuts the tunnel to its old address; a runtime quarantine then
+/// cuts the device's tunnels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_reauthorizes_live_connections() {
     let mut site = Site::new("inproc-reauth", &SiteOptions::default());
     echo_server(site.echo);
     echo_server(site.monitor);
-    let (_hub, edge) = start(&site, "2s").await;
+    let (hub, edge) = start(&site, "2s").await;
     let mut tcp = connect(site.echo_tcp).await;
     echo(&mut tcp, "before").await.expect("tcp tunnel");
     let mut quic = connect(site.echo_quic).await;
@@ -225,6 +226,44 @@ async fn reload_reauthorizes_live_connections() {
             if f == "vendor-maintenance" && r.contains("peer identity may not open this flow")),
         "{closed:?}"
     );
+
+    // The echo service moves: the hub cuts the tunnel to the old address
+    // (the QUIC flow's service did not move), and a new connection reaches
+    // the new one.
+    let moved = SocketAddr::new(site.echo.ip(), ward_tests::harness::free_port("127.0.0.1"));
+    echo_server(moved);
+    let policy = std::fs::read_to_string(&site.policy).expect("policy");
+    let old = format!("[services.echo]\naddress = \"{}\"", site.echo);
+    assert!(
+        policy.contains(&old),
+        "the policy names the echo service's address"
+    );
+    std::fs::write(
+        &site.policy,
+        policy.replace(&old, &format!("[services.echo]\naddress = \"{moved}\"")),
+    )
+    .expect("write policy");
+    let r = hub.control().reload("test").await;
+    assert!(r.ok, "{r:?}");
+    let r = edge.control().reload("test").await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        closed_within(&mut tcp, Duration::from_secs(5)).await,
+        "a tunnel to the old address outlived the move"
+    );
+    echo(&mut quic, "after the move")
+        .await
+        .expect("quic tunnel to an unmoved service");
+    let moved_cut = flow_events(&hub, FlowAction::Closed);
+    assert!(
+        matches!(moved_cut.as_slice(), [AuditEvent::Flow { leg: Leg::Tunnel, flow: Some(f), reason: Some(r), .. }]
+            if f == "echo-tcp" && r.contains("target moved") && r.contains(&moved.to_string())),
+        "{moved_cut:?}"
+    );
+    let mut tcp = connect(site.echo_tcp).await;
+    echo(&mut tcp, "to the new address")
+        .await
+        .expect("tcp tunnel after the move");
 
     edge.control()
         .quarantine("modality-1", 0)

@@ -63,7 +63,10 @@ pub async fn serve(
             peer: Some(peer.identity),
             peer_serial: peer.serial,
             src,
-            grant: Grant::Access { listener },
+            grant: Grant::Access {
+                listener,
+                target: rule.target,
+            },
         };
         let Some(admitted) = conn::admit(&state, &m, rule.max_connections, &cut) else {
             return;

@@ -43,8 +43,8 @@ impl Matched {
             device: Some(self.device.clone()),
             peer: self.peer.clone(),
             src: self.src.to_string(),
-            dst: match self.grant {
-                Grant::Outbound { dst } => Some(dst.to_string()),
+            dst: match &self.grant {
+                Grant::Outbound { dst, .. } => Some(dst.to_string()),
                 _ => None,
             },
             reason,

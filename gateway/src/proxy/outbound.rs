@@ -20,7 +20,7 @@ use ward_policy::model::Transport;
 use ward_policy::{Leg, OutboundFlow, Target};
 
 use super::conn::{self, ConnectError, Matched, tcp_connect};
-use super::registry::Grant;
+use super::registry::{Grant, far_of};
 use super::state::ProxyState;
 use crate::transport::bufio::ChunkedTcp;
 use crate::transport::frame::{self, Answer, DenyReason, Open};
@@ -128,7 +128,10 @@ pub async fn serve(
             peer: Some(peer),
             peer_serial: None,
             src,
-            grant: Grant::Outbound { dst },
+            grant: Grant::Outbound {
+                dst,
+                far: far_of(&flow.target),
+            },
         };
         let Some(admitted) = conn::admit(&state, &m, flow.max_connections, &cut) else {
             return;

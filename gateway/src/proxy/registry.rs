@@ -22,17 +22,36 @@ pub enum Grant {
     Outbound {
         /// Destination the device asked for.
         dst: SocketAddr,
+        /// Where the flow went when admitted: the peer gateway's identity
+        /// and tunnel server, or the TLS server's name and address.
+        far: String,
     },
     /// A peer gateway's tunnel for `device`.
     Tunnel {
         /// Device id the open frame named.
         device: String,
+        /// The cleartext target it was connected to.
+        target: SocketAddr,
     },
     /// A client's connection to the access listener `listener`.
     Access {
         /// The listener's address.
         listener: SocketAddr,
+        /// The device port it was connected to.
+        target: SocketAddr,
     },
+}
+
+/// Where an outbound flow goes, as compared across reloads: the peer or
+/// server and its address (not the transport, which may change under a
+/// live connection without changing who is reached).
+pub fn far_of(target: &ward_policy::Target) -> String {
+    match target {
+        ward_policy::Target::Tunnel { identity, addr, .. } => format!("{identity} at {addr}"),
+        ward_policy::Target::Tls {
+            server_name, addr, ..
+        } => format!("{server_name} at {addr}"),
+    }
 }
 
 impl Grant {

@@ -12,7 +12,7 @@ use ward_api::audit::{AuditEvent, FlowAction};
 use ward_policy::model::WeekTime;
 use ward_policy::{Denied, Plan};
 
-use super::registry::{Grant, Live, Registry};
+use super::registry::{Grant, Live, Registry, far_of};
 use crate::audit::Audit;
 use crate::config::Limits;
 use crate::transport::quic::QuicPool;
@@ -70,6 +70,13 @@ pub enum Revoked {
     Denied(Denied),
     /// The new plan sends the same source and destination to another flow.
     Rerouted(String),
+    /// The flow now reaches another target (a service or device moved).
+    Moved {
+        /// Where the connection goes.
+        from: String,
+        /// Where the flow goes now.
+        to: String,
+    },
     /// The peer's certificate is on the CRL now in force.
     Certificate,
 }
@@ -79,6 +86,9 @@ impl std::fmt::Display for Revoked {
         match self {
             Revoked::Denied(d) => write!(f, "no longer allowed: {d}"),
             Revoked::Rerouted(flow) => write!(f, "no longer allowed: now flow {flow:?}"),
+            Revoked::Moved { from, to } => {
+                write!(f, "the flow's target moved: now {to}, was {from}")
+            }
             Revoked::Certificate => f.write_str("peer certificate revoked"),
         }
     }
@@ -130,22 +140,37 @@ impl ProxyState {
         {
             return Err(Revoked::Certificate);
         }
-        let flow = match &live.grant {
-            Grant::Outbound { dst } => plan.route(live.source.ip(), *dst).map(|f| f.name.as_str()),
-            Grant::Tunnel { device } => plan
-                .authorize_tunnel(live.peer.as_deref().unwrap_or(""), &live.flow, device)
-                .map(|f| f.name.as_str()),
-            Grant::Access { listener } => plan
-                .authorize_client(
-                    live.peer.as_deref().unwrap_or(""),
-                    *listener,
-                    self.clock.now(),
-                )
-                .map(|a| a.flow.as_str()),
-        }
-        .map_err(Revoked::Denied)?;
+        let peer = live.peer.as_deref().unwrap_or("");
+        // The flow the new plan gives, where it goes now, and where the
+        // connection went when admitted.
+        let (flow, now, then) = match &live.grant {
+            Grant::Outbound { dst, far } => {
+                let f = plan
+                    .route(live.source.ip(), *dst)
+                    .map_err(Revoked::Denied)?;
+                (f.name.as_str(), far_of(&f.target), far.clone())
+            }
+            Grant::Tunnel { device, target } => {
+                let f = plan
+                    .authorize_tunnel(peer, &live.flow, device)
+                    .map_err(Revoked::Denied)?;
+                (f.name.as_str(), f.target.to_string(), target.to_string())
+            }
+            Grant::Access { listener, target } => {
+                let a = plan
+                    .authorize_client(peer, *listener, self.clock.now())
+                    .map_err(Revoked::Denied)?;
+                (a.flow.as_str(), a.target.to_string(), target.to_string())
+            }
+        };
         if flow != live.flow {
             return Err(Revoked::Rerouted(flow.to_owned()));
+        }
+        if now != then {
+            return Err(Revoked::Moved {
+                from: then,
+                to: now,
+            });
         }
         Ok(())
     }
@@ -172,8 +197,8 @@ impl ProxyState {
                 device: Some(live.device.clone()),
                 peer: live.peer.clone(),
                 src: live.source.to_string(),
-                dst: match live.grant {
-                    Grant::Outbound { dst } => Some(dst.to_string()),
+                dst: match &live.grant {
+                    Grant::Outbound { dst, .. } => Some(dst.to_string()),
                     _ => None,
                 },
                 reason: Some(why.to_string()),

@@ -138,16 +138,6 @@ async fn serve_stream<R, W>(
     };
     let span = info_span!("tunnel", flow = %open.flow, peer = %peer.identity, src = %open.source, leg = %Leg::Tunnel);
     async move {
-        let m = Matched {
-            flow: open.flow.clone(),
-            device: open.device.clone(),
-            peer: Some(peer.identity.clone()),
-            peer_serial: peer.serial.clone(),
-            src: open.source,
-            grant: Grant::Tunnel {
-                device: open.device.clone(),
-            },
-        };
         let flow = match state
             .plan()
             .authorize_tunnel(&peer.identity, &open.flow, &open.device)
@@ -168,6 +158,17 @@ async fn serve_stream<R, W>(
                 refuse(&mut w, denied.into()).await;
                 return;
             }
+        };
+        let m = Matched {
+            flow: open.flow.clone(),
+            device: open.device.clone(),
+            peer: Some(peer.identity.clone()),
+            peer_serial: peer.serial.clone(),
+            src: open.source,
+            grant: Grant::Tunnel {
+                device: open.device.clone(),
+                target: flow.target,
+            },
         };
         let Some(admitted) = conn::admit(&state, &m, flow.max_connections, &cut) else {
             refuse(&mut w, DenyReason::Limit).await;
