@@ -220,6 +220,7 @@ fn run_inner(
                 println!("version      {}", s.version);
                 println!("mode         {}", s.mode);
                 println!("policy       {} (revision {})", s.policy_file, s.revision);
+                println!("site policy  sha256 {}", s.policy_sha256);
                 println!("uptime       {}s", s.uptime_secs);
                 println!("connections  {}", s.connections);
                 println!(

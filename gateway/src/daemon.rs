@@ -127,7 +127,8 @@ impl Gateway {
         sources: Sources,
         telemetry: &telemetry::Guard,
     ) -> Result<Gateway, StartError> {
-        let base = Arc::new(crate::config::load_plan(&config)?);
+        let (base, policy_sha256) = crate::config::load_plan(&config)?;
+        let base = Arc::new(base);
         let tls =
             Arc::new(TlsMaterial::load(&config.tls, &base.identity).map_err(LoadError::from)?);
         // Every tunnel holds two sockets; the default soft limit (1024) would
@@ -188,6 +189,7 @@ impl Gateway {
             trigger: "start".into(),
             revision: control::revision(&plan),
             policy: Some(config.policy.display().to_string()),
+            policy_sha256: Some(policy_sha256.clone()),
             nft: Some(config.apply_nft),
             error: None,
         });
@@ -226,6 +228,7 @@ impl Gateway {
             Started {
                 config: config.clone(),
                 base,
+                policy_sha256,
                 quarantine,
                 plan_tx,
                 tls_tx,

@@ -107,6 +107,9 @@ pub enum AuditEvent {
         /// Policy file, on start.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy: Option<String>,
+        /// SHA-256 of the site policy file in force afterwards.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy_sha256: Option<String>,
         /// Whether the ruleset was loaded into nftables (false only in tests).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nft: Option<bool>,

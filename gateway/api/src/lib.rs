@@ -46,8 +46,13 @@ pub struct Status {
     pub mode: String,
     /// Policy file.
     pub policy_file: String,
-    /// Fingerprint of the ruleset in force (SHA-256 prefix).
+    /// Revision of the plan in force: a SHA-256 prefix of this gateway's
+    /// whole compiled plan (runtime quarantine included), so any change
+    /// that changes a decision changes it.
     pub revision: String,
+    /// SHA-256 of the site policy file the plan was compiled from.
+    #[serde(default)]
+    pub policy_sha256: String,
     /// Seconds since start.
     pub uptime_secs: u64,
     /// The last reload, if any.

@@ -108,6 +108,8 @@ pub struct Loaded {
     pub config: Config,
     /// The policy compiled for `config.gateway`, before runtime quarantine.
     pub plan: Plan,
+    /// SHA-256 (hex) of the policy file's text.
+    pub policy_sha256: String,
     /// Certificates, key, CA and CRL.
     pub tls: TlsMaterial,
 }
@@ -115,14 +117,19 @@ pub struct Loaded {
 /// Load and validate configuration, policy and TLS material.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Loaded, LoadError> {
     let config = Config::load(file, overrides)?;
-    let plan = load_plan(&config)?;
+    let (plan, policy_sha256) = load_plan(&config)?;
     let tls = TlsMaterial::load(&config.tls, &plan.identity)?;
-    Ok(Loaded { config, plan, tls })
+    Ok(Loaded {
+        config,
+        plan,
+        policy_sha256,
+        tls,
+    })
 }
 
-/// Read, validate and compile the policy for `config.gateway`; policy
-/// warnings are logged.
-pub fn load_plan(config: &Config) -> Result<Plan, LoadError> {
+/// Read, validate and compile the policy for `config.gateway`, with the
+/// SHA-256 (hex) of the file's text; policy warnings are logged.
+pub fn load_plan(config: &Config) -> Result<(Plan, String), LoadError> {
     let text = std::fs::read_to_string(&config.policy).map_err(|source| LoadError::PolicyRead {
         path: config.policy.clone(),
         source,
@@ -145,10 +152,13 @@ pub fn load_plan(config: &Config) -> Result<Plan, LoadError> {
     for w in warnings {
         tracing::warn!(diagnostic = %w, "policy warning");
     }
-    ward_policy::compile(&policy, &config.gateway).map_err(|source| LoadError::Gateway {
-        path: config.policy.clone(),
-        source,
-    })
+    let plan =
+        ward_policy::compile(&policy, &config.gateway).map_err(|source| LoadError::Gateway {
+            path: config.policy.clone(),
+            source,
+        })?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    Ok((plan, hex::encode(digest.as_ref())))
 }
 
 fn today() -> ward_policy::model::Date {

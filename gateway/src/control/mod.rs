@@ -70,12 +70,13 @@ pub enum ControlError {
     Internal(String),
 }
 
-/// A short fingerprint of a plan's ruleset, to tell revisions apart.
+/// The revision of a plan: a SHA-256 prefix of the whole compiled plan
+/// (its canonical JSON: maps sorted, lists in compile order), so every
+/// change that changes a decision (a flow's client, a window, a target,
+/// a quarantine) changes it, not only changes to the ruleset.
 pub fn revision(plan: &Plan) -> String {
-    let d = ring::digest::digest(
-        &ring::digest::SHA256,
-        ward_policy::nft::render_json(plan).as_bytes(),
-    );
+    let json = serde_json::to_vec(plan).expect("plans serialize");
+    let d = ring::digest::digest(&ring::digest::SHA256, &json);
     hex::encode(&d.as_ref()[..6])
 }
 
@@ -97,6 +98,8 @@ struct InForce {
     config: Config,
     /// The policy's plan, before runtime quarantine.
     base: Arc<Plan>,
+    /// SHA-256 of the policy file `base` was compiled from.
+    policy_sha256: String,
     /// Devices an admin quarantined (sorted).
     quarantine: BTreeSet<String>,
 }
@@ -146,6 +149,8 @@ pub struct Started {
     pub config: Config,
     /// The policy's plan, before runtime quarantine.
     pub base: Arc<Plan>,
+    /// SHA-256 of the policy file.
+    pub policy_sha256: String,
     /// Devices quarantined at runtime.
     pub quarantine: BTreeSet<String>,
     /// Sender of the plan in force (base plus quarantine).
@@ -169,6 +174,7 @@ impl Control {
             in_force: tokio::sync::Mutex::new(InForce {
                 config: s.config,
                 base: s.base,
+                policy_sha256: s.policy_sha256,
                 quarantine: s.quarantine,
             }),
             started: Instant::now(),
@@ -236,6 +242,7 @@ impl Control {
                 trigger: trigger.to_owned(),
                 revision: result.revision.clone(),
                 policy: None,
+                policy_sha256: Some(self.policy_sha256().await),
                 nft: None,
                 error: result.error.clone(),
             });
@@ -275,6 +282,7 @@ impl Control {
         }
         in_force.config = loaded.config;
         in_force.base = base;
+        in_force.policy_sha256 = loaded.policy_sha256;
         self.plan_tx.send_replace(plan);
         self.tls_tx.send_replace(tls);
         Ok(self.proxy.recheck().await)
@@ -369,8 +377,14 @@ impl Control {
         )
     }
 
+    /// SHA-256 of the site policy file in force.
+    pub async fn policy_sha256(&self) -> String {
+        self.in_force.lock().await.policy_sha256.clone()
+    }
+
     /// `GET /v1/status`.
-    pub fn status(&self) -> Status {
+    pub async fn status(&self) -> Status {
+        let policy_sha256 = self.policy_sha256().await;
         let plan = self.plan();
         let tls = self.proxy.tls();
         Status {
@@ -380,6 +394,7 @@ impl Control {
             mode: plan.mode.to_string(),
             policy_file: self.policy_file.clone(),
             revision: revision(&plan),
+            policy_sha256,
             uptime_secs: self.started.elapsed().as_secs(),
             last_reload: self.last_reload.lock().expect("lock poisoned").clone(),
             listeners: self.listeners.clone(),
@@ -523,4 +538,55 @@ pub fn spawn_file_watch(tracker: &TaskTracker, control: Arc<Control>, shutdown: 
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../policy/examples/hospital.toml");
+
+    fn plan(text: &str, gateway: &str) -> Plan {
+        let (p, _) = ward_policy::load("hospital.toml", text, &Default::default()).expect("valid");
+        ward_policy::compile(&p, gateway).expect("compiles")
+    }
+
+    /// Changes that change decisions but not one nft rule (the flow's
+    /// client, a widened window, the PACS's address) each change the
+    /// revision of the gateway they concern; a comment does not.
+    #[test]
+    fn revision_covers_the_whole_plan() {
+        let base = |gw| plan(EXAMPLE, gw);
+        for (gateway, from, to) in [
+            (
+                "edge-01",
+                "[clients.vendor-vitalis]\ndescription = \"Vitalis remote service\"",
+                "[clients.vendor-vitalis]\ndescription = \"Vitalis remote service\"\n[clients.other]",
+            ),
+            (
+                "edge-01",
+                "start = \"02:00\", end = \"04:00\"",
+                "start = \"00:00\", end = \"23:59\"",
+            ),
+            ("hub-dc-01", "203.0.113.5:104", "203.0.113.9:104"),
+        ] {
+            assert!(EXAMPLE.contains(from), "{from}");
+            let mut text = EXAMPLE.replace(from, to);
+            if to.contains("[clients.other]") {
+                text = text.replace("from = \"vendor-vitalis\"", "from = \"other\"");
+            }
+            let (old, new) = (base(gateway), plan(&text, gateway));
+            assert_eq!(
+                ward_policy::nft::render_json(&old),
+                ward_policy::nft::render_json(&new),
+                "{to}: the ruleset alone would not tell the revisions apart"
+            );
+            assert_ne!(revision(&old), revision(&new), "{gateway}: {from} -> {to}");
+        }
+        let commented = EXAMPLE.replace("[[exceptions]]", "# NTP\n[[exceptions]]");
+        assert_eq!(
+            revision(&base("edge-01")),
+            revision(&plan(&commented, "edge-01"))
+        );
+    }
 }

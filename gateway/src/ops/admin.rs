@@ -76,7 +76,7 @@ async fn route(
     match (method, segments.as_slice()) {
         (Method::GET, ["live"]) => ok(serde_json::json!({"live": true})),
         (Method::GET, ["ready"]) => ok(serde_json::json!({"ready": true})),
-        (Method::GET, ["v1", "status"]) => Ok(json(StatusCode::OK, &control.status())),
+        (Method::GET, ["v1", "status"]) => Ok(json(StatusCode::OK, &control.status().await)),
         (Method::GET, ["v1", "devices"]) => Ok(json(StatusCode::OK, &control.devices().await)),
         (Method::GET, ["v1", "devices", id]) => {
             Ok(json(StatusCode::OK, &control.device(id).await?))

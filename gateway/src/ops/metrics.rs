@@ -38,7 +38,7 @@ fn family<T, V: std::fmt::Display>(
 pub async fn render(control: &Control) -> String {
     let devices = control.devices().await;
     let mut o = String::new();
-    let status = control.status();
+    let status = control.status().await;
     let _ = writeln!(
         o,
         "# HELP ward_info Gateway identity and mode.\n# TYPE ward_info gauge"
@@ -52,12 +52,13 @@ pub async fn render(control: &Control) -> String {
     );
     let _ = writeln!(
         o,
-        "# HELP ward_policy_revision_info Revision of the ruleset in force.\n# TYPE ward_policy_revision_info gauge"
+        "# HELP ward_policy_revision_info Revision of the plan in force, and the SHA-256 of the site policy it was compiled from.\n# TYPE ward_policy_revision_info gauge"
     );
     let _ = writeln!(
         o,
-        "ward_policy_revision_info{{revision=\"{}\"}} 1",
-        escape(&status.revision)
+        "ward_policy_revision_info{{revision=\"{}\",policy_sha256=\"{}\"}} 1",
+        escape(&status.revision),
+        escape(&status.policy_sha256)
     );
     let (ok, rejected) = control.reload_counts();
     let _ = writeln!(
