@@ -48,6 +48,14 @@ enum CaCommand {
         /// Validity in days.
         #[arg(long, default_value_t = ward_pki::DEFAULT_DAYS)]
         days: u32,
+        /// A DNS name the certificate also carries (repeatable): for a
+        /// gateway whose access listener standard TLS clients reach by name.
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// An IP address the certificate also carries (repeatable): for a
+        /// gateway whose access listener standard TLS clients reach by address.
+        #[arg(long, value_name = "ADDRESS")]
+        ip: Vec<std::net::IpAddr>,
     },
     /// Revoke by serial (hex) or by name, and rewrite the CRL.
     Revoke {
@@ -80,13 +88,24 @@ pub fn run(args: CaArgs, json: bool) -> anyhow::Result<Exit> {
                 println!("  crl         {}", ca.crl_path().display());
             }
         }
-        CaCommand::Issue { kind, name, days } => {
+        CaCommand::Issue {
+            kind,
+            name,
+            days,
+            dns,
+            ip,
+        } => {
             let mut ca = Ca::open(&dir)?;
             let kind = match kind {
                 KindArg::Gateway => Kind::Gateway,
                 KindArg::Client => Kind::Client,
             };
-            let issued = ca.issue(kind, &name, Validity::days(days))?;
+            let issued = ca.issue_with_names(
+                kind,
+                &name,
+                Validity::days(days),
+                &ward_pki::Names { dns, ip },
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&issued)?);
             } else {

@@ -151,8 +151,9 @@ fn diff_names_changes() {
     );
 }
 
-/// `ca init|issue|revoke|show`: keys 0600, SPIFFE identities, revocation
-/// needs --yes without a terminal, and a missing CA is a clear error.
+/// `ca init|issue|revoke|show`: keys 0600, SPIFFE identities, `--ip` and
+/// `--dns` names, a CA name with its key id, revocation needs --yes
+/// without a terminal, and a missing CA is a clear error.
 #[test]
 fn ca_lifecycle() {
     use std::os::unix::fs::PermissionsExt;
@@ -205,6 +206,48 @@ fn ca_lifecycle() {
     assert_eq!(
         std::fs::metadata(key).expect("key").permissions().mode() & 0o777,
         0o600
+    );
+
+    // Names for standard TLS clients, and a CA name of this CA's own.
+    let out = wardctl(&[
+        "--json",
+        "ca",
+        "issue",
+        "gateway",
+        "edge-02",
+        "--ip",
+        "192.0.2.10",
+        "--dns",
+        "edge-02.st-mary.example",
+        "--dir",
+        d,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let named: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(named["cert"].as_str().expect("cert path"))
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("IP Address:192.0.2.10")
+            && text.contains("DNS:edge-02.st-mary.example")
+            && text.contains("URI:spiffe://st-mary.example/gateway/edge-02"),
+        "{text}"
+    );
+    let issuer = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Issuer:"))
+        .expect("issuer line");
+    assert!(
+        issuer.contains("Ward site CA st-mary.example ") && issuer.trim_end().len() > 50,
+        "the CA name carries its key id: {issuer}"
     );
 
     let refused = wardctl(&["ca", "revoke", "edge-01", "--dir", d]);

@@ -138,6 +138,13 @@ impl TestCa {
         self.ca.issue(kind, name, Validity::days(1)).expect("issue")
     }
 
+    /// Issue a certificate valid for a day that also carries `names`.
+    pub fn issue_with_names(&mut self, kind: Kind, name: &str, names: &ward_pki::Names) -> Issued {
+        self.ca
+            .issue_with_names(kind, name, Validity::days(1), names)
+            .expect("issue")
+    }
+
     /// Issue a certificate that expired yesterday.
     pub fn issue_expired(&mut self, kind: Kind, name: &str) -> Issued {
         let now = time::OffsetDateTime::now_utc();

@@ -216,6 +216,22 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+/// First 8 bytes (hex) of the SHA-256 of a public key.
+fn key_id(key: &KeyPair) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(key.public_key_raw())[..8])
+}
+
+/// Names a server certificate carries besides its SPIFFE id, for clients
+/// that check the name they connect to (`ca issue --dns/--ip`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// DNS names.
+    pub dns: Vec<String>,
+    /// IP addresses.
+    pub ip: Vec<std::net::IpAddr>,
+}
+
 impl Ca {
     /// Create a CA in `dir` (created if missing, mode 0700) for `trust_domain`.
     pub fn init(dir: &Path, trust_domain: &str) -> Result<Ca, PkiError> {
@@ -230,9 +246,13 @@ impl Ca {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("Ward site CA {trust_domain}"));
+        // The name carries a key id: every CA of a trust domain has a name of
+        // its own, so a certificate from another Ward CA is an unknown issuer
+        // to a gateway (with one shared name it read as a bad signature).
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Ward site CA {trust_domain} {}", key_id(&key)),
+        );
         params
             .distinguished_name
             .push(DnType::OrganizationName, trust_domain);
@@ -322,6 +342,19 @@ impl Ca {
         name: &str,
         validity: Validity,
     ) -> Result<Issued, PkiError> {
+        self.issue_with_names(kind, name, validity, &Names::default())
+    }
+
+    /// [`Ca::issue`] with DNS and IP names besides the SPIFFE id: a
+    /// gateway's access listener then passes a standard TLS client's name
+    /// check (Python's `ssl` defaults, `openssl s_client -verify_hostname`).
+    pub fn issue_with_names(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        validity: Validity,
+        names: &Names,
+    ) -> Result<Issued, PkiError> {
         check_name(name, kind.as_str())?;
         let identity = format!(
             "spiffe://{}/{}/{name}",
@@ -336,6 +369,14 @@ impl Ca {
             .distinguished_name
             .push(DnType::OrganizationName, self.index.trust_domain.clone());
         params.subject_alt_names = vec![SanType::URI(identity.clone().try_into()?)];
+        for d in &names.dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(d.clone().try_into()?));
+        }
+        params
+            .subject_alt_names
+            .extend(names.ip.iter().map(|ip| SanType::IpAddress(*ip)));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match kind {
             Kind::Gateway => vec![
