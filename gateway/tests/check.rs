@@ -127,3 +127,41 @@ fn bad_worker_count_is_78() {
         );
     }
 }
+
+/// A service CA this gateway would use (here the TLS PACS behind the hub)
+/// that is missing, or is not PEM, is exit 78 naming the policy file, line,
+/// key and path; a gateway that does not use that service is not held to it.
+#[test]
+fn missing_or_bad_service_ca_is_78() {
+    let d = temp("service-ca");
+    let garbage = d.join("not-a-ca.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    for (ca, why) in [
+        ("/nonexistent/pacs-ca.pem".to_owned(), "No such file"),
+        (garbage.display().to_string(), "no certificate found"),
+    ] {
+        let policy = d.join("policy.toml");
+        let text = std::fs::read_to_string(EXAMPLE).expect("example").replace(
+            "via = \"hub-dc-01\"\nprotocol = \"dicom\"",
+            &format!(
+                "via = \"hub-dc-01\"\nprotocol = \"dicom\"\ntls = {{ ca = \"{ca}\", server_name = \"pacs.example\" }}"
+            ),
+        );
+        let line = text
+            .lines()
+            .position(|l| l.contains("pacs.example"))
+            .expect("tls line")
+            + 1;
+        std::fs::write(&policy, &text).expect("write");
+        let policy = policy.to_str().expect("utf8");
+        let (code, out) = wardd(&["check", "--gateway", "hub-dc-01", "--policy", policy], &[]);
+        assert_eq!(code, Some(78), "{out}");
+        let at = format!("{policy}:{line}:");
+        for needle in [at.as_str(), "services.pacs.tls.ca", ca.as_str(), why] {
+            assert!(out.contains(needle), "{needle:?} missing from: {out}");
+        }
+        // The edge reaches the PACS through the hub: the CA is not its file.
+        let (_, out) = wardd(&["check", "--gateway", "edge-01", "--policy", policy], &[]);
+        assert!(!out.contains("services.pacs.tls.ca"), "{out}");
+    }
+}

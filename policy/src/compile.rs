@@ -186,8 +186,13 @@ pub struct TunnelFlow {
     pub device: String,
     /// Whether that device is quarantined.
     pub quarantined: bool,
-    /// Cleartext target on this gateway's protected side.
+    /// Service name.
+    pub service: String,
+    /// The server on this gateway's side.
     pub target: SocketAddr,
+    /// The server speaks TLS itself: connect it over TLS, verified by this CA
+    /// and name, presenting this gateway's certificate. `None`: cleartext.
+    pub tls: Option<TlsTarget>,
     /// Application protocol.
     pub protocol: Protocol,
     /// Idle timeout.
@@ -335,6 +340,22 @@ impl Denied {
 }
 
 impl Plan {
+    /// The CA file of every service this gateway connects over TLS (an
+    /// outbound flow's direct server, or the server behind this hub), by
+    /// service name.
+    pub fn service_cas(&self) -> BTreeMap<&str, &str> {
+        let direct = self.outbound.values().filter_map(|f| match &f.target {
+            Target::Tls { ca, .. } => Some((f.service.as_str(), ca.as_str())),
+            Target::Tunnel { .. } => None,
+        });
+        let behind = self.tunnels.values().filter_map(|f| {
+            f.tls
+                .as_ref()
+                .map(|t| (f.service.as_str(), t.ca.as_str()))
+        });
+        direct.chain(behind).collect()
+    }
+
     /// Opener side: which flow a device's connection belongs to.
     pub fn route(&self, src: IpAddr, dst: SocketAddr) -> Result<&OutboundFlow, Denied> {
         let i = self
@@ -494,8 +515,8 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                     continue;
                 };
                 if dev.gateway.value == gateway {
-                    let target = match &svc.reach {
-                        Reach::Via(via) => {
+                    let target = match (&svc.via, &svc.tls) {
+                        (Some(via), _) => {
                             let Some(peer) = policy.gateways.get(&via.value) else {
                                 continue;
                             };
@@ -506,11 +527,12 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                                 transport: f.transport,
                             }
                         }
-                        Reach::Tls(tls) => Target::Tls {
+                        (None, Some(tls)) => Target::Tls {
                             addr: svc.address.value,
                             server_name: tls.server_name.clone(),
                             ca: tls.ca.clone(),
                         },
+                        (None, None) => continue,
                     };
                     listeners.push(Listener {
                         addr: f.listen.value,
@@ -537,7 +559,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                         },
                     );
                 }
-                if let Reach::Via(via) = &svc.reach
+                if let Some(via) = &svc.via
                     && via.value == gateway
                 {
                     tunnel_server = Some(SocketAddr::new(gw.lan_address.value, gw.tunnel_port));
@@ -548,7 +570,9 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                             peer: policy.gateway_identity(&dev.gateway.value),
                             device: dev.id.value.clone(),
                             quarantined: quarantined(&dev.id.value),
+                            service: svc.name.value.clone(),
                             target: svc.address.value,
+                            tls: svc.tls.as_ref().map(|t| t.value.clone()),
                             protocol: svc.protocol,
                             idle_timeout: f.idle_timeout,
                             connect_timeout: f.connect_timeout,

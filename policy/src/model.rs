@@ -298,15 +298,6 @@ impl Protocol {
     }
 }
 
-/// How a gateway reaches a service.
-#[derive(Debug, Clone)]
-pub enum Reach {
-    /// Through a `ward/1` tunnel to the named gateway, which connects in cleartext.
-    Via(Item<String>),
-    /// Directly, over TLS, to a server that speaks TLS itself.
-    Tls(TlsTarget),
-}
-
 /// TLS settings for a server that speaks TLS itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsTarget {
@@ -325,8 +316,13 @@ pub struct Service {
     pub address: Item<SocketAddr>,
     /// Application protocol.
     pub protocol: Protocol,
-    /// How it is reached.
-    pub reach: Reach,
+    /// Through a `ward/1` tunnel to this hub gateway, which connects the
+    /// server itself (in cleartext, or over TLS when `tls` is also set).
+    pub via: Option<Item<String>>,
+    /// The server speaks TLS itself: whoever connects it (the device's own
+    /// gateway, or the hub named by `via`) verifies it with this CA and name
+    /// and presents its gateway certificate. The span is the `ca` value's.
+    pub tls: Option<Item<TlsTarget>>,
 }
 
 /// A client identity (a person's tool or a vendor's maintenance station).

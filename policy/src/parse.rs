@@ -534,37 +534,36 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
             let ca = t.req_string(d, "ca");
             let server_name = t.req_string(d, "server_name");
             t.finish(d);
-            Some(TlsTarget {
-                ca: ca?.value,
-                server_name: server_name?.value,
-            })
+            let ca = ca?;
+            Some(Item::new(
+                TlsTarget {
+                    ca: ca.value,
+                    server_name: server_name?.value,
+                },
+                ca.span,
+            ))
         });
         let had_tls = o.table.get("tls").is_some();
         let span = o.span.clone();
         let key = o.key("via");
         o.finish(d);
-        let reach = match (via, tls) {
-            (Some(via), None) if !had_tls => Some(Reach::Via(via)),
-            (None, Some(tls)) => Some(Reach::Tls(tls)),
-            (Some(via), _) => {
-                d.error(&via.span, key, "a service is reached either through a gateway (via) or over its own TLS (tls), not both");
-                None
-            }
-            (None, None) => {
-                if !had_tls {
-                    d.error(&span, key, "a service needs `via = \"<hub gateway>\"` or a `tls = { ca, server_name }` table: cleartext never crosses the LAN");
-                }
-                None
-            }
+        let reach = if via.is_none() && !had_tls {
+            d.error(&span, key, "a service needs `via = \"<hub gateway>\"`, a `tls = { ca, server_name }` table, or both: cleartext never crosses the LAN");
+            None
+        } else if had_tls && tls.is_none() {
+            None
+        } else {
+            Some((via, tls))
         };
-        if let (Some(address), Some(reach)) = (address, reach) {
+        if let (Some(address), Some((via, tls))) = (address, reach) {
             services.insert(
                 name.value.clone(),
                 Service {
                     name,
                     address,
                     protocol,
-                    reach,
+                    via,
+                    tls,
                 },
             );
         }

@@ -260,6 +260,43 @@ fn quic_to_tls_service_refused() {
     one_error(&text, "flows[0].transport");
 }
 
+/// A service both behind a hub and speaking TLS: the edge still tunnels to
+/// the hub (over QUIC here), the hub's leg to the server is TLS with the
+/// service's CA and name, and only the hub names that CA as its file.
+#[test]
+fn via_and_tls_service() {
+    let text = EXAMPLE.replace(
+        "via = \"hub-dc-01\"\nprotocol = \"dicom\"",
+        "via = \"hub-dc-01\"\nprotocol = \"dicom\"\ntls = { ca = \"/etc/ward/pacs-ca.pem\", server_name = \"pacs.st-mary.example\" }",
+    );
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    let hub = compile(&p, "hub-dc-01").expect("hub");
+    let flow = &edge.outbound["ct2-to-pacs"];
+    assert!(
+        matches!(flow.target, Target::Tunnel { transport: model::Transport::Quic, .. }),
+        "{:?}",
+        flow.target
+    );
+    let t = &hub.tunnels["ct2-to-pacs"];
+    assert_eq!(
+        t.tls,
+        Some(model::TlsTarget {
+            ca: "/etc/ward/pacs-ca.pem".into(),
+            server_name: "pacs.st-mary.example".into()
+        })
+    );
+    assert!(edge.service_cas().is_empty());
+    assert_eq!(
+        hub.service_cas().into_iter().collect::<Vec<_>>(),
+        [("pacs", "/etc/ward/pacs-ca.pem")]
+    );
+    // Neither `via` nor `tls`: cleartext would cross the LAN.
+    let text = EXAMPLE.replacen("via = \"hub-dc-01\"\nprotocol = \"dicom\"", "protocol = \"dicom\"", 1);
+    let e = one_error(&text, "services.pacs.via");
+    assert!(e.message.contains("cleartext never crosses the LAN"), "{e}");
+}
+
 /// Compile is deterministic: the same policy yields byte-identical output.
 #[test]
 fn compile_is_deterministic() {

@@ -198,7 +198,7 @@ fn check_devices(p: &Policy, d: &mut Diagnostics) {
 
 fn check_services(p: &Policy, d: &mut Diagnostics) {
     for (name, s) in &p.services {
-        if let Reach::Via(via) = &s.reach
+        if let Some(via) = &s.via
             && !p.gateways.contains_key(&via.value)
         {
             unknown(
@@ -268,15 +268,15 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                         &service.value,
                         p.services.keys(),
                     ),
-                    Some(s) => match &s.reach {
-                        Reach::Via(via) => {
+                    Some(s) => match &s.via {
+                        Some(via) => {
                             if dev.is_some_and(|dev| dev.gateway.value == via.value) {
                                 d.error(&service.span, format!("{key}.to"), format!("service \"{}\" is reached via \"{}\", the device's own gateway; a tunnel needs a peer gateway", service.value, via.value));
                             }
                         }
-                        Reach::Tls(_) => {
+                        None => {
                             if f.transport == Transport::Quic {
-                                d.error(&f.span, format!("{key}.transport"), format!("service \"{}\" speaks TLS itself; quic only carries tunnels between gateways", service.value));
+                                d.error(&f.span, format!("{key}.transport"), format!("service \"{}\" speaks TLS itself and has no `via`; quic only carries tunnels between gateways", service.value));
                             }
                         }
                     },

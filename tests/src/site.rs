@@ -48,6 +48,8 @@ pub struct Site {
     pub echo_quic: SocketAddr,
     /// Edge listener: DICOM to the TLS PACS (plain → tls).
     pub dicom_native: SocketAddr,
+    /// Edge listener: DICOM through the hub to the TLS PACS (the hub's leg is TLS).
+    pub dicom_hub_tls: SocketAddr,
     /// Edge TLS client listener: vendor → monitor (tls → plain).
     pub access: SocketAddr,
     /// Directory with the PACS vendor's CA and server certificate.
@@ -82,6 +84,7 @@ impl Site {
         let listen = || at("127.0.1.1");
         let (dicom_tcp, dicom_quic, hl7_listen, echo_tcp, echo_quic, dicom_native) =
             (listen(), listen(), listen(), listen(), listen(), listen());
+        let dicom_hub_tls = listen();
         let access = at("127.0.3.1");
         let pacs_pki = dir.join("pacs-vendor");
         make_pacs_vendor_pki(&pacs_pki);
@@ -140,6 +143,12 @@ address = "{pacs_tls}"
 tls = {{ ca = "{pacs_ca}", server_name = "pacs.test" }}
 protocol = "dicom"
 
+[services.pacs-tls-hub]
+address = "{pacs_tls}"
+via = "hub-dc-01"
+tls = {{ ca = "{pacs_ca}", server_name = "pacs.test" }}
+protocol = "dicom"
+
 [clients.vendor]
 [clients.clinician]
 
@@ -183,6 +192,12 @@ to = "pacs-tls"
 listen = "{dicom_native}"
 
 [[flows]]
+name = "dicom-hub-tls"
+from = "modality-1"
+to = "pacs-tls-hub"
+listen = "{dicom_hub_tls}"
+
+[[flows]]
 name = "vendor-maintenance"
 from = "vendor"
 to = "monitor-1"
@@ -217,6 +232,7 @@ listen = "{access}"
             echo_tcp,
             echo_quic,
             dicom_native,
+            dicom_hub_tls,
             access,
             pacs_pki,
         }

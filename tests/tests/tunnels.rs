@@ -1,6 +1,8 @@
 //! The data path on loopback with real peers: DICOM and HL7 through an edge
 //! and a hub `wardd`, over TCP and QUIC tunnels, native TLS both ways.
 
+use std::time::Duration;
+
 use ward_tests::harness::TempDir;
 use ward_tests::peers::{self, dataset, make_dicom, stored_file, storescp, storescu};
 use ward_tests::site::{Site, SiteOptions};
@@ -64,6 +66,27 @@ fn hl7_mllp_ack() {
     );
 }
 
+/// storescp speaking DICOM TLS itself, requiring a client certificate from
+/// Ward's CA (the PACS vendor's server certificate, from the vendor's CA).
+fn tls_pacs(site: &Site, out: &std::path::Path) -> ward_tests::peers::Peer {
+    let pki = &site.pacs_pki;
+    let key = pki.join("server.key");
+    let cert = pki.join("server.crt");
+    let ward_ca = site.ca.ca.cert_path();
+    storescp(
+        site.pacs_tls,
+        out,
+        &[
+            "--enable-tls",
+            key.to_str().expect("utf8"),
+            cert.to_str().expect("utf8"),
+            "--require-peer-cert",
+            "--add-cert-file",
+            ward_ca.to_str().expect("utf8"),
+        ],
+    )
+}
+
 /// A cleartext storescu through the plain → tls listener to a storescp that
 /// speaks TLS itself and requires Ward's client certificate.
 #[test]
@@ -73,28 +96,68 @@ fn dicom_plain_to_native_tls() {
     let scratch = TempDir::new("native-tls-data");
     let file = make_dicom(&scratch, 128);
     let out = scratch.join("received");
-    let pki = &site.pacs_pki;
-    let key = pki.join("server.key");
-    let cert = pki.join("server.crt");
-    let ward_ca = site.ca.ca.cert_path();
-    let _pacs = storescp(
-        site.pacs_tls,
-        &out,
-        &[
-            "--enable-tls",
-            key.to_str().expect("utf8"),
-            cert.to_str().expect("utf8"),
-            "--require-peer-cert",
-            "--add-cert-file",
-            ward_ca.to_str().expect("utf8"),
-        ],
-    );
+    let _pacs = tls_pacs(&site, &out);
     let sent = storescu(site.dicom_native, &file, &[]);
     assert!(
         sent.status.success(),
         "storescu failed: {}\n{}",
         String::from_utf8_lossy(&sent.stderr),
         edge.log()
+    );
+    assert!(dataset(&file) == dataset(&stored_file(&out)));
+}
+
+/// The data-centre layout: modality → edge → tunnel → hub → DICOM TLS PACS.
+/// The hub's leg is TLS, the PACS verified by its vendor's CA and name and
+/// the hub presenting its gateway certificate, which the PACS requires.
+#[test]
+fn dicom_through_hub_to_tls_pacs() {
+    let site = Site::new("hub-tls", &SiteOptions::default());
+    let hub = site.start_hub();
+    let edge = site.start_edge("");
+    let scratch = TempDir::new("hub-tls-data");
+    let file = make_dicom(&scratch, 128);
+    let out = scratch.join("received");
+    let _pacs = tls_pacs(&site, &out);
+    let sent = storescu(site.dicom_hub_tls, &file, &[]);
+    assert!(
+        sent.status.success(),
+        "storescu failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        edge.log(),
+        hub.log()
+    );
+    assert!(dataset(&file) == dataset(&stored_file(&out)));
+}
+
+/// The service CA is watched: a PACS CA file that does not sign the PACS's
+/// certificate fails the association (the hub refuses, the edge audits it);
+/// the renewed CA written at the same path is used within the watch
+/// interval, with no reload by hand.
+#[test]
+fn renewed_service_ca_is_picked_up() {
+    let site = Site::new("hub-tls-ca", &SiteOptions::default());
+    let ca_file = site.pacs_pki.join("ca.crt");
+    let right = std::fs::read(&ca_file).expect("pacs ca");
+    // Another CA's certificate at the path: valid PEM, wrong issuer.
+    std::fs::copy(site.ca.ca.cert_path(), &ca_file).expect("swap ca");
+    let mut hub = site.start_hub();
+    let _edge = site.start_edge("");
+    let scratch = TempDir::new("hub-tls-ca-data");
+    let file = make_dicom(&scratch, 64);
+    let out = scratch.join("received");
+    let _pacs = tls_pacs(&site, &out);
+    let refused = storescu(site.dicom_hub_tls, &file, &[]);
+    assert!(!refused.status.success(), "association passed an unverified PACS");
+    hub.wait_log("UnknownIssuer", Duration::from_secs(5));
+    std::fs::write(&ca_file, right).expect("renew ca");
+    hub.wait_log("tls-files", Duration::from_secs(10));
+    let sent = storescu(site.dicom_hub_tls, &file, &[]);
+    assert!(
+        sent.status.success(),
+        "storescu failed after the CA renewal: {}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        hub.log()
     );
     assert!(dataset(&file) == dataset(&stored_file(&out)));
 }

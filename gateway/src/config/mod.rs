@@ -16,7 +16,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use ward_policy::{Plan, Severity, ValidateOptions};
 
-use crate::transport::tls::{TlsError, TlsMaterial, TlsPaths};
+use crate::transport::tls::{self, TlsError, TlsMaterial, TlsPaths};
 
 /// Top-level keys that `WARD_*` environment variables may set.
 const ENV_KEYS: [&str; 9] = [
@@ -89,6 +89,14 @@ pub enum LoadError {
     /// Bad TLS material (exit 78).
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
+    /// A CA file named by a service this gateway connects over TLS is
+    /// missing or unusable (exit 78: the file belongs on this gateway).
+    /// Each diagnostic names the policy file, line, key and path.
+    #[error("service CA: {}", diagnostics.join("; "))]
+    ServiceCa {
+        /// Rendered diagnostics.
+        diagnostics: Vec<String>,
+    },
 }
 
 impl LoadError {
@@ -157,8 +165,33 @@ pub fn load_plan(config: &Config) -> Result<(Plan, String), LoadError> {
             path: config.policy.clone(),
             source,
         })?;
+    check_service_cas(&policy, &plan)?;
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     Ok((plan, hex::encode(digest.as_ref())))
+}
+
+/// Every service CA file this gateway will use (an outbound flow's direct
+/// TLS server, or the TLS server behind this hub) must read as PEM
+/// certificates now, not at the first connection.
+fn check_service_cas(policy: &ward_policy::model::Policy, plan: &Plan) -> Result<(), LoadError> {
+    let used = plan.service_cas();
+    let diagnostics: Vec<String> = used
+        .into_keys()
+        .filter_map(|name| {
+            let tls = policy.services.get(name)?.tls.as_ref()?;
+            let e = tls::check_ca(Path::new(&tls.ca)).err()?;
+            let (line, column) = policy.source.locate(tls.span.start);
+            Some(format!(
+                "{}:{line}:{column}: error: services.{name}.tls.ca: {e}",
+                policy.source.file()
+            ))
+        })
+        .collect();
+    if diagnostics.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::ServiceCa { diagnostics })
+    }
 }
 
 fn today() -> ward_policy::model::Date {

@@ -495,12 +495,16 @@ impl Control {
         v
     }
 
-    /// The TLS files of the configuration in force, to watch.
+    /// The TLS files in force, to watch: the gateway's own certificate,
+    /// key, CA and CRL, and the CA of every service it connects over TLS.
     async fn tls_files(&self) -> (Vec<PathBuf>, std::time::Duration) {
         let in_force = self.in_force.lock().await;
         let t = &in_force.config.tls;
         let mut paths = vec![t.ca.clone(), t.cert.clone(), t.key.clone()];
         paths.extend(t.crl.clone());
+        paths.extend(in_force.base.service_cas().into_values().map(PathBuf::from));
+        paths.sort();
+        paths.dedup();
         (paths, in_force.config.tls_watch)
     }
 }
@@ -520,10 +524,16 @@ fn mtimes(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
 /// without a SIGHUP. Tunnels stay, except those the new CRL revokes.
 pub fn spawn_file_watch(tracker: &TaskTracker, control: Arc<Control>, shutdown: CancellationToken) {
     tracker.spawn(async move {
-        let (paths, _) = control.tls_files().await;
-        let mut seen = mtimes(&paths);
+        let (mut watched, _) = control.tls_files().await;
+        let mut seen = mtimes(&watched);
         loop {
             let (paths, every) = control.tls_files().await;
+            if paths != watched {
+                // A reload changed which files are in force (a service CA
+                // added or removed): watch the new set from its state now.
+                seen = mtimes(&paths);
+                watched = paths.clone();
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}

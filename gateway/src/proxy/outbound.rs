@@ -26,7 +26,7 @@ use crate::transport::bufio::ChunkedTcp;
 use crate::transport::frame::{self, Answer, DenyReason, Open};
 use crate::transport::quic::QuicError;
 use crate::transport::relay;
-use crate::transport::tls::TlsError;
+use crate::transport::tls::{TlsError, TlsMaterial};
 
 /// Why the far end of an outbound flow could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -287,14 +287,28 @@ async fn connect_far(
             server_name,
             ca,
         } => {
-            let name =
-                ServerName::try_from(server_name.clone()).map_err(|e| FarError::ServerName {
-                    name: server_name.clone(),
-                    reason: e.to_string(),
-                })?;
-            let config = tls.service_client(std::path::Path::new(ca), server_name)?;
-            let stream = tls_connect(config, name, *addr, flow.connect_timeout, hs).await?;
+            let stream =
+                connect_tls_server(&tls, *addr, server_name, ca, flow.connect_timeout, hs).await?;
             Ok(Far::Tls(Box::new(stream)))
         }
     }
+}
+
+/// Connect a server that speaks TLS itself (an outbound flow's direct
+/// target, or the server behind a hub): verified by its CA and name, with
+/// this gateway's certificate presented.
+pub(super) async fn connect_tls_server(
+    tls: &TlsMaterial,
+    addr: SocketAddr,
+    server_name: &str,
+    ca: &str,
+    connect_within: Duration,
+    handshake_within: Duration,
+) -> Result<TlsStream<ChunkedTcp>, FarError> {
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| FarError::ServerName {
+        name: server_name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let config = tls.service_client(std::path::Path::new(ca), server_name)?;
+    tls_connect(config, name, addr, connect_within, handshake_within).await
 }

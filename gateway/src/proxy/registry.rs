@@ -30,8 +30,8 @@ pub enum Grant {
     Tunnel {
         /// Device id the open frame named.
         device: String,
-        /// The cleartext target it was connected to.
-        target: SocketAddr,
+        /// The server it was connected to ([`server_of`]).
+        server: String,
     },
     /// A client's connection to the access listener `listener`.
     Access {
@@ -51,6 +51,19 @@ pub fn far_of(target: &ward_policy::Target) -> String {
         ward_policy::Target::Tls {
             server_name, addr, ..
         } => format!("{server_name} at {addr}"),
+    }
+}
+
+/// Which server a tunnel flow connects, as compared across reloads: its
+/// address, and for a TLS server the name verified (a new name or CA is
+/// another server as far as trust goes).
+pub fn server_of(flow: &ward_policy::TunnelFlow) -> String {
+    match &flow.tls {
+        Some(tls) => format!(
+            "{} at {} (tls, ca {})",
+            tls.server_name, flow.target, tls.ca
+        ),
+        None => flow.target.to_string(),
     }
 }
 

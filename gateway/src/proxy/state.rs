@@ -12,7 +12,7 @@ use ward_api::audit::{AuditEvent, FlowAction};
 use ward_policy::model::WeekTime;
 use ward_policy::{Denied, Plan};
 
-use super::registry::{Grant, Live, Registry, far_of};
+use super::registry::{Grant, Live, Registry, far_of, server_of};
 use crate::audit::Audit;
 use crate::config::Limits;
 use crate::transport::quic::QuicPool;
@@ -150,11 +150,11 @@ impl ProxyState {
                     .map_err(Revoked::Denied)?;
                 (f.name.as_str(), far_of(&f.target), far.clone())
             }
-            Grant::Tunnel { device, target } => {
+            Grant::Tunnel { device, server } => {
                 let f = plan
                     .authorize_tunnel(peer, &live.flow, device)
                     .map_err(Revoked::Denied)?;
-                (f.name.as_str(), f.target.to_string(), target.to_string())
+                (f.name.as_str(), server_of(f), server.clone())
             }
             Grant::Access { listener, target } => {
                 let a = plan

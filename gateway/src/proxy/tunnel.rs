@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 use ward_api::audit::FlowAction;
-use ward_policy::{Denied, Leg};
+use tokio_rustls::client::TlsStream;
+use ward_policy::{Denied, Leg, TunnelFlow};
 
 use super::conn::{self, Matched, tcp_connect};
 use super::handshake::{self, PeerId};
-use super::registry::Grant;
+use super::outbound::{FarError, connect_tls_server};
+use super::registry::{Grant, server_of};
 use super::state::ProxyState;
+use crate::transport::bufio::ChunkedTcp;
 use crate::transport::frame::{self, Answer, DenyReason, Open};
 use crate::transport::relay::{self, IntoSink, IntoSource};
 
@@ -110,6 +113,32 @@ async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, reason: DenyReason) {
     let _ = frame::write_frame(w, &Answer::Deny(reason).encode()).await;
 }
 
+/// The server behind a tunnel flow: cleartext, or TLS when the service
+/// speaks it (boxed: the TLS stream is over a kilobyte).
+enum Server {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<ChunkedTcp>>),
+}
+
+async fn connect_server(flow: &TunnelFlow, state: &ProxyState) -> Result<Server, FarError> {
+    match &flow.tls {
+        None => Ok(Server::Plain(
+            tcp_connect(flow.target, flow.connect_timeout).await?,
+        )),
+        Some(t) => Ok(Server::Tls(Box::new(
+            connect_tls_server(
+                &state.tls(),
+                flow.target,
+                &t.server_name,
+                &t.ca,
+                flow.connect_timeout,
+                state.limits.handshake_timeout,
+            )
+            .await?,
+        ))),
+    }
+}
+
 /// Serve one tunnel (a TLS connection, or one QUIC stream): read the open
 /// frame, authorize it against this gateway's own plan, connect the target,
 /// answer, relay.
@@ -167,15 +196,15 @@ async fn serve_stream<R, W>(
             src: open.source,
             grant: Grant::Tunnel {
                 device: open.device.clone(),
-                target: flow.target,
+                server: server_of(&flow),
             },
         };
         let Some(admitted) = conn::admit(&state, &m, flow.max_connections, &cut) else {
             refuse(&mut w, DenyReason::Limit).await;
             return;
         };
-        let target = match tcp_connect(flow.target, flow.connect_timeout).await {
-            Ok(t) => t,
+        let server = match connect_server(&flow, &state).await {
+            Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "tunnel refused: target unreachable");
                 state
@@ -191,13 +220,19 @@ async fn serve_stream<R, W>(
         }
         debug!("tunnel opened");
         state.audit.record(m.event(FlowAction::Allowed, None));
-        admitted
-            .relay(
-                (r.into_source(), w.into_sink()),
-                relay::io(target.into_split()),
-                flow.idle_timeout,
-            )
-            .await;
+        let peer_side = (r.into_source(), w.into_sink());
+        match server {
+            Server::Plain(s) => {
+                admitted
+                    .relay(peer_side, relay::io(s.into_split()), flow.idle_timeout)
+                    .await
+            }
+            Server::Tls(s) => {
+                admitted
+                    .relay(peer_side, relay::io(tokio::io::split(*s)), flow.idle_timeout)
+                    .await
+            }
+        }
     }
     .instrument(span)
     .await

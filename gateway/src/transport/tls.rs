@@ -145,6 +145,11 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
+/// Whether `path` holds at least one usable CA certificate.
+pub fn check_ca(path: &Path) -> Result<(), TlsError> {
+    roots(path).map(drop)
+}
+
 /// The SPIFFE id in a certificate's URI SAN.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
     ward_pki::inspect(cert).and_then(|i| i.identity)
