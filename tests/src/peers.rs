@@ -177,6 +177,34 @@ pub fn storescu(addr: SocketAddr, file: &Path, extra: &[&str]) -> Output {
         .expect("run storescu (install dcmtk)")
 }
 
+/// A long DICOM association: dcmtk `echoscu` to `addr` repeating C-ECHO
+/// every two seconds on one association, its log in `log` (for [`echoes`]).
+/// `extra` goes before the address (e.g. TLS options).
+pub fn echoscu_held(addr: SocketAddr, log: &Path, extra: &[&str]) -> Peer {
+    let file = std::fs::File::create(log).expect("echoscu log");
+    let child = Command::new(dcmtk("echoscu"))
+        .args(["-v", "-aec", "MONITOR", "--repeat", "100000000", "-td", "2"])
+        .args(extra)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .stdout(file.try_clone().expect("clone log"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn echoscu (install dcmtk)");
+    Peer {
+        child,
+        name: "echoscu",
+    }
+}
+
+/// C-ECHO responses an `echoscu -v` logged to `log` so far.
+pub fn echoes(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("Received Echo Response")
+        .count()
+}
+
 /// The single file `storescp` stored in `dir`.
 pub fn stored_file(dir: &Path) -> PathBuf {
     let files: Vec<PathBuf> = std::fs::read_dir(dir)

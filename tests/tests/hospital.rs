@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ward_tests::harness::TempDir;
-use ward_tests::peers::{dataset, make_dicom, stored_file};
+use ward_tests::peers::{dataset, echoes, make_dicom, stored_file};
 use ward_tests::topology::{
     Bg, Hospital, capture, cmd_in, hl7_engine, mllp_send, pings, storescp_in, storescu_in,
     tcp_connects,
@@ -39,14 +39,6 @@ fn association(h: &Hospital, log: &std::path::Path) -> Bg {
         .stderr(file)
         .spawn()
         .expect("echoscu"))
-}
-
-/// C-ECHO responses received so far on the association.
-fn echoes(log: &std::path::Path) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .matches("Received Echo Response")
-        .count()
 }
 
 /// The device's drop counter once it exceeds `last` (packets may still be

@@ -3,11 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ward_pki::Kind;
-use ward_tests::harness::TempDir;
-use ward_tests::peers::{echo_server, make_dicom, storescp, storescu};
+use ward_tests::harness::{TempDir, binary};
+use ward_tests::peers::{echo_server, echoes, echoscu_held, make_dicom, storescp, storescu};
 use ward_tests::site::{Site, SiteOptions};
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -150,6 +151,123 @@ fn inbound_access_rules() {
     outside.wait_log(
         "outside the flow's maintenance window",
         Duration::from_secs(5),
+    );
+}
+
+/// A vendor's DICOM association held open through the access listener,
+/// with the edge's clock started `lead` seconds before `window_ends`: the
+/// session is warned (log, and `wardctl flow list` shows the end and the
+/// warning), then cut when the window ends, with the reason audited, and
+/// the association is over.
+fn held_session_cut_at_window_end(tag: &str, window: &str, fake_now: &str, window_ends: &str) {
+    let mut site = Site::new(
+        tag,
+        &SiteOptions {
+            window: Some(window.into()),
+            ..Default::default()
+        },
+    );
+    let vendor = site.ca.issue(Kind::Client, "vendor");
+    let scratch = TempDir::new(&format!("{tag}-data"));
+    let _monitor = storescp(site.monitor, &scratch.join("received"), &[]);
+    let mut edge = site.start_edge(&format!("fake_now = \"{fake_now}\""));
+    let log = scratch.join("echoscu.log");
+    let (key, cert, ca) = (
+        vendor.key.display().to_string(),
+        vendor.cert.display().to_string(),
+        site.ca.ca.cert_path().display().to_string(),
+    );
+    let mut assoc = echoscu_held(
+        site.access,
+        &log,
+        &["--enable-tls", &key, &cert, "--add-cert-file", &ca],
+    );
+    let start = Instant::now();
+    while echoes(&log) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10) && assoc.running(),
+            "no C-ECHO inside the window:\n{}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            edge.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sock = site.dir.join("edge-01.sock");
+    let flows = || {
+        let out = Command::new(binary("wardctl"))
+            .args([
+                "--socket",
+                sock.to_str().expect("utf8"),
+                "--json",
+                "flow",
+                "list",
+            ])
+            .output()
+            .expect("wardctl");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("flow list json")
+    };
+    let listed = flows();
+    let session = &listed.as_array().expect("flows")[0];
+    assert_eq!(session["flow"], "vendor-maintenance", "{listed}");
+    assert_eq!(session["window"]["ends"], window_ends, "{listed}");
+    edge.wait_log("maintenance window ends soon", Duration::from_secs(15));
+    let listed = flows();
+    assert_eq!(listed[0]["window"]["warned"], true, "{listed}");
+    let text = Command::new(binary("wardctl"))
+        .args(["--socket", sock.to_str().expect("utf8"), "flow", "list"])
+        .output()
+        .expect("wardctl");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("WARNING: session will be cut"), "{text}");
+    assert!(assoc.running(), "cut before the window ended");
+    edge.wait_log("closing connection", Duration::from_secs(15));
+    let cut_at = Instant::now();
+    while assoc.running() {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(10),
+            "the association outlived its window:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let trail = std::fs::read_to_string(site.dir.join("state-edge-01/audit.jsonl")).expect("trail");
+    let closed = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("record"))
+        .find(|r| r["kind"] == "flow" && r["action"] == "closed")
+        .unwrap_or_else(|| panic!("no closed record:\n{trail}"));
+    assert_eq!(closed["flow"], "vendor-maintenance", "{closed}");
+    assert!(
+        closed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("maintenance window")),
+        "{closed}"
+    );
+}
+
+/// Tuesday 02:00-04:00 in Tokyo (UTC+9) ends at 19:00 UTC on Monday: a
+/// session held from 03:59:48 Tokyo time is warned, then cut at 04:00.
+#[test]
+fn window_end_cuts_held_session() {
+    held_session_cut_at_window_end(
+        "window-tokyo",
+        r#"{ days = ["tue"], start = "02:00", end = "04:00", tz = "Asia/Tokyo", warning = "6s" }"#,
+        "2026-11-23T18:59:48Z",
+        "2026-11-23T19:00:00Z",
+    );
+}
+
+/// The night DST begins in Berlin (2026-03-29: 01:59:59 CET, then 03:00
+/// CEST, 01:00 UTC), a Sunday window 01:00-02:30 ends at the jump, as the
+/// wall clock never shows 02:30: the session is cut at 01:00 UTC, not half
+/// an hour later as a fixed-offset or shift-forward reading would have it.
+#[test]
+fn window_end_across_dst_change() {
+    held_session_cut_at_window_end(
+        "window-dst",
+        r#"{ days = ["sun"], start = "01:00", end = "02:30", tz = "Europe/Berlin", warning = "6s" }"#,
+        "2026-03-29T00:59:48Z",
+        "2026-03-29T01:00:00Z",
     );
 }
 

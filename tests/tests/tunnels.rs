@@ -148,7 +148,10 @@ fn renewed_service_ca_is_picked_up() {
     let out = scratch.join("received");
     let _pacs = tls_pacs(&site, &out);
     let refused = storescu(site.dicom_hub_tls, &file, &[]);
-    assert!(!refused.status.success(), "association passed an unverified PACS");
+    assert!(
+        !refused.status.success(),
+        "association passed an unverified PACS"
+    );
     hub.wait_log("UnknownIssuer", Duration::from_secs(5));
     std::fs::write(&ca_file, right).expect("renew ca");
     hub.wait_log("tls-files", Duration::from_secs(10));

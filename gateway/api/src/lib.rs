@@ -126,6 +126,21 @@ pub struct Flow {
     pub bytes_down: u64,
     /// Seconds open.
     pub age_secs: u64,
+    /// The maintenance window the connection lives in, when its flow has
+    /// one: when it ends, and whether the warning period has begun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<FlowWindow>,
+}
+
+/// Where a live connection stands with its flow's maintenance window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowWindow {
+    /// When the window ends and the connection is cut (RFC 3339, UTC).
+    pub ends: String,
+    /// Seconds until then.
+    pub seconds_left: u64,
+    /// The warning period before the end has begun.
+    pub warned: bool,
 }
 
 /// An error answer.

@@ -214,8 +214,8 @@ struct Raw {
     tls: RawTls,
     limits: RawLimits,
     nft: RawNft,
-    /// Testing only: pretend the clock reads this (RFC 3339) when judging
-    /// maintenance windows. Never set in production.
+    /// Testing only: the clock of maintenance windows starts at this time
+    /// (RFC 3339) and runs from there. Never set in production.
     fake_now: Option<String>,
     /// Loopback address to use as the source for outgoing QUIC (defaults to unspecified).
     quic_bind: Option<String>,
@@ -369,7 +369,8 @@ pub struct Config {
     pub limits: Limits,
     /// Apply the nftables ruleset (false only for unprivileged tests).
     pub apply_nft: bool,
-    /// Testing only: fixed wall-clock time (Unix seconds) for maintenance windows.
+    /// Testing only: the time (Unix seconds) the clock of maintenance
+    /// windows reads at start; it runs from there.
     pub fake_now: Option<i64>,
     /// Source address of outgoing QUIC (default: unspecified).
     pub quic_bind: Option<IpAddr>,

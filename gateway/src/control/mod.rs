@@ -23,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 use ward_api::audit::{AdminAction, AuditEvent, CertificateAction, PolicyAction};
-use ward_api::{Device, Flow, ReloadResult, Status};
+use ward_api::{Device, Flow, FlowWindow, ReloadResult, Status};
 use ward_policy::Plan;
 
 use crate::config::{self, Config, LoadError, Overrides};
 use crate::proxy::ProxyState;
+use crate::proxy::window::{WindowState, window_state};
 use crate::transport::tls::TlsMaterial;
 use nft::{ApplyError, Nft};
 
@@ -476,12 +477,21 @@ impl Control {
     /// `GET /v1/flows`: live connections.
     pub fn flows(&self) -> Vec<Flow> {
         let now = SystemTime::now();
+        let (plan, clock_now) = (self.proxy.plan(), self.proxy.clock.now());
         let mut v: Vec<Flow> = self
             .proxy
             .registry
             .snapshot()
             .into_iter()
             .map(|l| Flow {
+                window: match window_state(&plan, &l, clock_now) {
+                    ws @ WindowState::Open { end, .. } => Some(FlowWindow {
+                        ends: end.to_string(),
+                        seconds_left: ws.left(clock_now).unwrap_or_default().as_secs(),
+                        warned: ws.warned(clock_now),
+                    }),
+                    _ => None,
+                },
                 leg: l.grant.leg(),
                 flow: l.flow,
                 peer: l.peer,

@@ -15,6 +15,7 @@ pub mod outbound;
 pub mod registry;
 pub mod state;
 pub mod tunnel;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tracing::warn;
 use ward_policy::{Leg, Plan};
 
 pub use state::{Clock, ProxyState};
+pub use window::spawn_window_watch;
 
 use crate::transport::quic::{self, CLOSE_GRACE};
 use crate::transport::tls::TlsMaterial;

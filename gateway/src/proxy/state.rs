@@ -4,12 +4,10 @@
 //! audit trail.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::sync::{Semaphore, watch};
 use tracing::warn;
 use ward_api::audit::{AuditEvent, FlowAction};
-use ward_policy::model::WeekTime;
 use ward_policy::{Denied, Plan};
 
 use super::registry::{Grant, Live, Registry, far_of, server_of};
@@ -18,29 +16,30 @@ use crate::config::Limits;
 use crate::transport::quic::QuicPool;
 use crate::transport::tls::TlsMaterial;
 
-/// The clock used for maintenance windows.
+/// The clock of maintenance windows.
 #[derive(Debug, Clone, Copy)]
 pub enum Clock {
     /// System time.
     System,
-    /// A fixed time (Unix seconds), for tests (`fake_now`).
-    Fixed(i64),
+    /// System time shifted by this many seconds: a clock that started at
+    /// `fake_now` and runs (tests only).
+    Shifted(i64),
 }
 
 impl Clock {
-    /// Now, as a point in the UTC week.
-    pub fn now(self) -> WeekTime {
-        let secs = match self {
-            Clock::System => SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-            Clock::Fixed(s) => s,
-        };
-        let days = secs.div_euclid(86_400);
-        // 1970-01-01 was a Thursday (weekday 3, Monday = 0).
-        WeekTime {
-            weekday: ((days + 3).rem_euclid(7)) as u8,
-            minute: (secs.rem_euclid(86_400) / 60) as u16,
+    /// A clock that reads `unix_secs` now and runs from there.
+    pub fn starting_at(unix_secs: i64) -> Clock {
+        Clock::Shifted(unix_secs - jiff::Timestamp::now().as_second())
+    }
+
+    /// Now.
+    pub fn now(self) -> jiff::Timestamp {
+        let now = jiff::Timestamp::now();
+        match self {
+            Clock::System => now,
+            Clock::Shifted(secs) => now
+                .checked_add(jiff::SignedDuration::from_secs(secs))
+                .unwrap_or(now),
         }
     }
 }
@@ -183,6 +182,9 @@ impl ProxyState {
         let (plan, tls) = (self.plan(), self.tls());
         let mut cut = 0;
         for live in self.registry.snapshot() {
+            if live.cancel.is_cancelled() {
+                continue; // already cut (a concurrent re-check, or shutdown)
+            }
             let Err(why) = self.still_allowed(&plan, &tls, &live) else {
                 continue;
             };

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 use ward_api::audit::FlowAction;
-use tokio_rustls::client::TlsStream;
 use ward_policy::{Denied, Leg, TunnelFlow};
 
 use super::conn::{self, Matched, tcp_connect};
@@ -229,7 +229,11 @@ async fn serve_stream<R, W>(
             }
             Server::Tls(s) => {
                 admitted
-                    .relay(peer_side, relay::io(tokio::io::split(*s)), flow.idle_timeout)
+                    .relay(
+                        peer_side,
+                        relay::io(tokio::io::split(*s)),
+                        flow.idle_timeout,
+                    )
                     .await
             }
         }
