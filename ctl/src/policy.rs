@@ -33,12 +33,17 @@ pub enum PolicyCommand {
         #[arg(long)]
         nft: bool,
     },
-    /// Compare two policy files per gateway: devices, flows and rules.
+    /// Compare two policy files: services, and per gateway devices, flows,
+    /// exceptions (each changed field, old -> new) and nftables rules.
     Diff {
         /// The policy in force.
         old: PathBuf,
         /// The proposed policy.
         new: PathBuf,
+        /// List the nftables objects and rules added and removed (otherwise
+        /// only counted).
+        #[arg(long)]
+        nft: bool,
     },
 }
 
@@ -76,7 +81,7 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        PolicyCommand::Diff { old, new } => {
+        PolicyCommand::Diff { old, new, nft } => {
             let (Some(a), Some(b)) = (load_or_report(&old, json)?, load_or_report(&new, json)?)
             else {
                 return Ok(Exit::DataErr);
@@ -85,7 +90,7 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
-                print!("{}", render_diff(&d));
+                print!("{}", render_diff(&d, nft));
             }
             Ok(Exit::Ok)
         }
@@ -311,27 +316,48 @@ fn render_plan(plan: &Plan) -> String {
     o
 }
 
-fn render_diff(d: &ward_policy::diff::PolicyDiff) -> String {
+fn render_diff(d: &ward_policy::diff::PolicyDiff, nft: bool) -> String {
+    use ward_policy::diff::Changes;
+    fn items(o: &mut String, what: &str, c: &Changes) {
+        for x in &c.added {
+            let _ = writeln!(o, "  + {what} {x}");
+        }
+        for x in &c.removed {
+            let _ = writeln!(o, "  - {what} {x}");
+        }
+        for x in &c.changed {
+            let _ = writeln!(o, "  ~ {what} {}", x.name);
+            for f in &x.fields {
+                let _ = writeln!(o, "      {}: {} -> {}", f.field, f.old, f.new);
+            }
+        }
+    }
     let mut o = String::new();
     if let Some((a, b)) = &d.mode {
         let _ = writeln!(o, "mode: {a} -> {b}");
     }
+    if !d.services.is_empty() {
+        let _ = writeln!(o, "site:");
+        items(&mut o, "service", &d.services);
+    }
     for g in &d.gateways {
         let _ = writeln!(o, "gateway {}: {}", g.gateway, g.status);
-        for (what, c) in [
-            ("device", &g.devices),
-            ("flow", &g.flows),
-            ("rule", &g.rules),
-        ] {
-            for x in &c.added {
-                let _ = writeln!(o, "  + {what} {x}");
+        items(&mut o, "device", &g.devices);
+        items(&mut o, "flow", &g.flows);
+        items(&mut o, "exception", &g.exceptions);
+        let (added, removed) = (g.rules.added.len(), g.rules.removed.len());
+        if nft {
+            for x in &g.rules.added {
+                let _ = writeln!(o, "  + {x}");
             }
-            for x in &c.removed {
-                let _ = writeln!(o, "  - {what} {x}");
+            for x in &g.rules.removed {
+                let _ = writeln!(o, "  - {x}");
             }
-            for x in &c.changed {
-                let _ = writeln!(o, "  ~ {what} {x}");
-            }
+        } else if added + removed > 0 {
+            let _ = writeln!(
+                o,
+                "  nftables: {added} object(s) and rule(s) added, {removed} removed (list them with --nft)"
+            );
         }
     }
     if d.is_empty() {

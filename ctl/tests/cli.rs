@@ -69,6 +69,44 @@ fn check_rejects_broken_copy_with_every_error() {
     assert_eq!(report["diagnostics"][1]["key"], "flows[1].from");
 }
 
+/// Value errors (a transport that does not exist, a bad MAC) do not hide
+/// what validation finds elsewhere in the file (an undefined device); a
+/// device left unreadable by its own error is not reported again where a
+/// flow names it.
+#[test]
+fn check_reports_value_and_semantic_errors_together() {
+    let text = std::fs::read_to_string(EXAMPLE)
+        .expect("example")
+        .replacen("transport = \"tcp\"", "transport = \"udp\"", 1)
+        .replace("mac = \"02:00:00:00:00:22\"", "mac = \"02:00:00:00:00\"")
+        .replace("from = \"pump-icu-01\"", "from = \"pump-icu-1\"");
+    let path = temp_policy("mixed.toml", &text);
+    let out = wardctl(&["policy", "check", "--json", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(65));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let keys: Vec<&str> = report["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .filter(|d| d["severity"] == "error")
+        .map(|d| d["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(report["errors"], 3, "{report:#}");
+    for key in [
+        "flows[1].transport",
+        "devices.pump-icu-02.mac",
+        "flows[1].from",
+    ] {
+        assert!(keys.contains(&key), "{key} missing: {report:#}");
+    }
+    assert!(
+        !report
+            .to_string()
+            .contains("\"pump-icu-02\" is not defined"),
+        "the unreadable device is reported again: {report:#}"
+    );
+}
+
 /// A missing file is a failure (exit 1) that names the path.
 #[test]
 fn check_missing_file() {
@@ -127,27 +165,48 @@ fn compile_outputs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"edge-01\""));
 }
 
-/// `diff` names the device, flow and rules that change.
+/// `diff` names the device, flow, service and exception that change, with
+/// each field old -> new, counts the nft changes, and lists them with --nft.
 #[test]
 fn diff_names_changes() {
     let text = std::fs::read_to_string(EXAMPLE)
         .expect("example")
         .replace("quarantine = []", "quarantine = [\"pump-icu-02\"]")
-        .replace("idle_timeout = \"30m\"", "idle_timeout = \"20m\"");
+        .replace("idle_timeout = \"30m\"", "idle_timeout = \"20m\"")
+        .replace(
+            "address = \"203.0.113.5:104\"",
+            "address = \"203.0.113.7:104\"",
+        )
+        .replace("firmware = \"J.10.02\"", "firmware = \"J.10.03\"");
     let path = temp_policy("new.toml", &text);
-    let out = wardctl(&["policy", "diff", EXAMPLE, path.to_str().expect("utf8")]);
+    let new = path.to_str().expect("utf8");
+    let out = wardctl(&["policy", "diff", EXAMPLE, new]);
     assert_eq!(out.status.code(), Some(0));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("gateway edge-01: changed"), "{s}");
-    assert!(s.contains("~ device pump-icu-02"), "{s}");
-    assert!(s.contains("~ flow vendor-maint-monitor"), "{s}");
-    assert!(
-        s.contains("+ rule set quarantine4 element \"198.51.100.34\""),
-        "{s}"
-    );
+    for needle in [
+        "gateway edge-01: changed",
+        "~ device pump-icu-02",
+        "quarantined: false -> true",
+        "inventory.firmware: \"J.10.02\" -> \"J.10.03\"",
+        "~ flow vendor-maint-monitor",
+        "access.idle_timeout: \"30m\" -> \"20m\"",
+        "~ service pacs",
+        "address: \"203.0.113.5:104\" -> \"203.0.113.7:104\"",
+        "tunnel.target: \"203.0.113.5:104\" -> \"203.0.113.7:104\"",
+        "list them with --nft",
+    ] {
+        assert!(s.contains(needle), "{needle:?} missing:\n{s}");
+    }
+    assert!(!s.contains("+ rule "), "rules listed without --nft:\n{s}");
     assert!(
         s.contains("gateway hub-dc-01: changed"),
         "hub sees the quarantine too: {s}"
+    );
+    let out = wardctl(&["policy", "diff", "--nft", EXAMPLE, new]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("+ set quarantine4 element \"198.51.100.34\""),
+        "{s}"
     );
 }
 

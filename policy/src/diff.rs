@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nftables::schema::{NfCmd, NfListObject, NfObject};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::compile::{Plan, compile};
 use crate::model::Policy;
 
-/// Added, removed and changed names.
+/// Added, removed and changed items, each changed one with its fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Changes {
     /// Present only in the new policy.
@@ -17,7 +18,27 @@ pub struct Changes {
     /// Present only in the old policy.
     pub removed: Vec<String>,
     /// Present in both, different.
-    pub changed: Vec<String>,
+    pub changed: Vec<Changed>,
+}
+
+/// An item present in both policies, and what changed in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Changed {
+    /// Its name.
+    pub name: String,
+    /// Each field that differs (dotted path inside the item), old → new.
+    pub fields: Vec<FieldChange>,
+}
+
+/// One field's old and new value (`null`: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    /// Dotted path, e.g. `outbound.target.addr`.
+    pub field: String,
+    /// Value in the old policy.
+    pub old: Value,
+    /// Value in the new policy.
+    pub new: Value,
 }
 
 impl Changes {
@@ -26,12 +47,19 @@ impl Changes {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
 
-    fn between<V: PartialEq>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> Self {
+    fn between(old: &BTreeMap<String, Value>, new: &BTreeMap<String, Value>) -> Self {
         let mut c = Changes::default();
         for (k, v) in new {
             match old.get(k) {
                 None => c.added.push(k.clone()),
-                Some(o) if o != v => c.changed.push(k.clone()),
+                Some(o) if o != v => {
+                    let mut fields = Vec::new();
+                    field_changes("", o, v, &mut fields);
+                    c.changed.push(Changed {
+                        name: k.clone(),
+                        fields,
+                    });
+                }
                 Some(_) => {}
             }
         }
@@ -41,6 +69,34 @@ impl Changes {
             .cloned()
             .collect();
         c
+    }
+}
+
+/// The leaves that differ between `a` and `b`, by dotted path; lists and
+/// values of different shapes are compared whole.
+fn field_changes(path: &str, a: &Value, b: &Value, out: &mut Vec<FieldChange>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let (va, vb) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                field_changes(&sub, va, vb, out);
+            }
+        }
+        _ if a != b => out.push(FieldChange {
+            field: path.to_owned(),
+            old: a.clone(),
+            new: b.clone(),
+        }),
+        _ => {}
     }
 }
 
@@ -55,6 +111,8 @@ pub struct GatewayDiff {
     pub devices: Changes,
     /// Flows it opens, terminates or grants inbound.
     pub flows: Changes,
+    /// Raw exceptions of its devices.
+    pub exceptions: Changes,
     /// nftables objects and rules (rules have no identity: only added and removed).
     pub rules: Changes,
 }
@@ -65,6 +123,8 @@ pub struct PolicyDiff {
     /// Mode before and after, when it changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<(String, String)>,
+    /// Services, site-wide (address, protocol, how they are reached).
+    pub services: Changes,
     /// Per gateway, sorted by name.
     pub gateways: Vec<GatewayDiff>,
 }
@@ -72,29 +132,42 @@ pub struct PolicyDiff {
 impl PolicyDiff {
     /// True when the two policies compile to the same thing everywhere.
     pub fn is_empty(&self) -> bool {
-        self.mode.is_none() && self.gateways.iter().all(|g| g.status == "unchanged")
+        self.mode.is_none()
+            && self.services.is_empty()
+            && self.gateways.iter().all(|g| g.status == "unchanged")
     }
 }
 
-fn device_view(p: &Policy, plan: &Plan) -> BTreeMap<String, serde_json::Value> {
+fn device_view(plan: &Plan) -> BTreeMap<String, Value> {
     plan.devices
         .iter()
-        .map(|(id, d)| {
-            let inv = p.devices.get(id);
+        .map(|(id, d)| (id.clone(), serde_json::json!(d)))
+        .collect()
+}
+
+fn service_view(p: &Policy) -> BTreeMap<String, Value> {
+    p.services
+        .iter()
+        .map(|(name, s)| {
             let v = serde_json::json!({
-                "net": d,
-                "vendor": inv.and_then(|i| i.vendor.clone()),
-                "model": inv.and_then(|i| i.model.clone()),
-                "firmware": inv.and_then(|i| i.firmware.clone()),
-                "support": inv.and_then(|i| i.support.as_ref().map(|s| s.value.clone())),
-                "vulnerabilities": inv.map(|i| i.vulnerabilities.clone()),
+                "address": s.address.value,
+                "protocol": s.protocol,
+                "via": s.via.as_ref().map(|v| v.value.clone()),
+                "tls": s.tls.as_ref().map(|t| t.value.clone()),
             });
-            (id.clone(), v)
+            (name.clone(), v)
         })
         .collect()
 }
 
-fn flow_view(plan: &Plan) -> BTreeMap<String, serde_json::Value> {
+fn exception_view(plan: &Plan) -> BTreeMap<String, Value> {
+    plan.exceptions
+        .iter()
+        .map(|e| (e.name.clone(), serde_json::json!(e)))
+        .collect()
+}
+
+fn flow_view(plan: &Plan) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for (k, f) in &plan.outbound {
         out.insert(k.clone(), serde_json::json!({ "outbound": f }));
@@ -157,14 +230,16 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
         let a = compile(old, name).ok();
         let b = compile(new, name).ok();
         let devices = Changes::between(
-            &a.as_ref()
-                .map_or_else(|| empty.clone(), |p| device_view(old, p)),
-            &b.as_ref()
-                .map_or_else(|| empty.clone(), |p| device_view(new, p)),
+            &a.as_ref().map_or_else(|| empty.clone(), device_view),
+            &b.as_ref().map_or_else(|| empty.clone(), device_view),
         );
         let flows = Changes::between(
             &a.as_ref().map_or_else(|| empty.clone(), flow_view),
             &b.as_ref().map_or_else(|| empty.clone(), flow_view),
+        );
+        let exceptions = Changes::between(
+            &a.as_ref().map_or_else(|| empty.clone(), exception_view),
+            &b.as_ref().map_or_else(|| empty.clone(), exception_view),
         );
         let ra = a.as_ref().map(rule_lines).unwrap_or_default();
         let rb = b.as_ref().map(rule_lines).unwrap_or_default();
@@ -176,7 +251,13 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
         let status = match (&a, &b) {
             (None, Some(_)) => "added",
             (Some(_), None) => "removed",
-            _ if devices.is_empty() && flows.is_empty() && rules.is_empty() => "unchanged",
+            _ if devices.is_empty()
+                && flows.is_empty()
+                && exceptions.is_empty()
+                && rules.is_empty() =>
+            {
+                "unchanged"
+            }
             _ => "changed",
         };
         gateways.push(GatewayDiff {
@@ -184,11 +265,13 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
             status,
             devices,
             flows,
+            exceptions,
             rules,
         });
     }
     PolicyDiff {
         mode: (old.mode != new.mode).then(|| (old.mode.to_string(), new.mode.to_string())),
+        services: Changes::between(&service_view(old), &service_view(new)),
         gateways,
     }
 }

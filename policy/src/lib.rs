@@ -42,19 +42,21 @@ pub use diag::{Diagnostic, Severity};
 pub use model::Policy;
 pub use parse::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_TUNNEL_PORT,
-    MAX_ID_LEN, parse, parse_duration,
+    MAX_ID_LEN, parse, parse_duration, parse_partial,
 };
 pub use validate::{ValidateOptions, validate};
 
 /// Parse and validate in one step. On success returns the policy and its
-/// warnings; on failure every error (and warning) found.
+/// warnings; on failure every error (and warning) found: key and value
+/// errors, and what validation finds in the rest of the file beside them
+/// (only a file that is not TOML stops at its syntax error).
 pub fn load(
     file: &str,
     text: &str,
     opts: &ValidateOptions,
 ) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let policy = parse(file, text)?;
-    let diags = validate(&policy, opts);
+    let (policy, mut diags) = parse_partial(file, text)?;
+    diags.extend(validate(&policy, opts));
     if diags.iter().any(|d| d.severity == Severity::Error) {
         Err(diags)
     } else {

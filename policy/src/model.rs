@@ -61,6 +61,9 @@ pub struct Policy {
     pub flows: Vec<Flow>,
     /// Raw, untunneled exceptions, in file order.
     pub exceptions: Vec<Exception>,
+    /// Names declared (gateways, devices, services) whose tables had errors
+    /// and were left out: references to them are not reported again.
+    pub unreadable: std::collections::BTreeSet<String>,
 }
 
 /// Whether the policy drops or only records what it does not allow.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::diag::{Diagnostic, Diagnostics, SourceMap, Span, did_you_mean};
+use crate::diag::{Diagnostic, Diagnostics, Severity, SourceMap, Span, did_you_mean};
 use crate::model::*;
 
 /// Longest id accepted for gateways, devices, services, clients, flows and
@@ -36,6 +36,17 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
 /// Returns every error found (syntax errors stop at the first, since the rest
 /// of a broken document cannot be trusted).
 pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
+    let (policy, diags) = parse_partial(file, text)?;
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(diags);
+    }
+    Ok(policy)
+}
+
+/// Read a policy as far as it goes: every key and value error, and the
+/// policy without the items those errors left unreadable, so validation can
+/// report its findings beside them. Fails only when the text is not TOML.
+pub fn parse_partial(file: &str, text: &str) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
     let source = SourceMap::new(file, text);
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
@@ -48,10 +59,7 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
     };
     let mut d = Diagnostics::new(&source);
     let policy = read_policy(&mut d, doc.get_ref(), source.clone());
-    if d.has_errors() {
-        return Err(d.into_vec());
-    }
-    Ok(policy)
+    Ok((policy, d.into_vec()))
 }
 
 type Val<'i> = Spanned<DeValue<'i>>;
@@ -434,8 +442,11 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
     let quarantine = top.string_list(d, "quarantine");
     let tz = parse_tz(&mut top, d);
 
+    // Every gateway, device and service name declared, read or not.
+    let mut declared = BTreeSet::new();
     let mut gateways = BTreeMap::new();
     for (name, mut o) in top.named_tables(d, "gateways") {
+        declared.insert(name.value.clone());
         let device_interfaces = o.string_list(d, "device_interfaces");
         let lan_address = o.req_parsed(d, "lan_address", "an IP address", |s| s.parse().ok());
         let tunnel_port = o
@@ -459,6 +470,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
 
     let mut devices = BTreeMap::new();
     for (id, mut o) in top.named_tables(d, "devices") {
+        declared.insert(id.value.clone());
         let name = o.string(d, "name").map(|s| s.value);
         let gateway = o.req_string(d, "gateway");
         let interface = o.req_string(d, "interface");
@@ -528,6 +540,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
 
     let mut services = BTreeMap::new();
     for (name, mut o) in top.named_tables(d, "services") {
+        declared.insert(name.value.clone());
         let address = o.req_parsed(
             d,
             "address",
@@ -799,6 +812,12 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
     }
 
     top.finish(d);
+    let unreadable = declared
+        .into_iter()
+        .filter(|n| {
+            !gateways.contains_key(n) && !devices.contains_key(n) && !services.contains_key(n)
+        })
+        .collect();
     Policy {
         source,
         version,
@@ -812,6 +831,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
         clients,
         flows,
         exceptions,
+        unreadable,
     }
 }
 

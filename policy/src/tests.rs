@@ -513,8 +513,23 @@ fn diff_reports_changes() {
         .find(|g| g.gateway == "edge-01")
         .expect("edge");
     assert_eq!(edge.status, "changed");
-    assert_eq!(edge.devices.changed, ["monitor-icu-3"]);
+    assert_eq!(edge.devices.changed.len(), 1, "{:#?}", edge.devices);
+    let device = &edge.devices.changed[0];
+    assert_eq!(device.name, "monitor-icu-3");
+    assert_eq!(
+        device.fields,
+        [diff::FieldChange {
+            field: "inventory.firmware".into(),
+            old: "J.10.02".into(),
+            new: "J.10.03".into(),
+        }]
+    );
     assert!(edge.flows.is_empty());
+    let ntp = &edge.exceptions.changed[0];
+    assert_eq!(
+        (ntp.fields[0].field.as_str(), &ntp.fields[0].new),
+        ("port", &serde_json::json!(1234))
+    );
     assert_eq!(edge.rules.added.len(), 1, "{:#?}", edge.rules);
     assert!(edge.rules.added[0].contains("1234"));
     let hub = d

@@ -28,7 +28,10 @@ pub fn validate(policy: &Policy, opts: &ValidateOptions) -> Vec<Diagnostic> {
     d.into_vec()
 }
 
+/// A reference to an undefined name; silent when the name is declared but
+/// could not be read (its own errors are reported where it is declared).
 fn unknown(
+    p: &Policy,
     d: &mut Diagnostics,
     span: &Span,
     key: String,
@@ -36,6 +39,9 @@ fn unknown(
     name: &str,
     candidates: impl IntoIterator<Item = impl AsRef<str>>,
 ) {
+    if p.unreadable.contains(name) {
+        return;
+    }
     let candidates: Vec<String> = candidates
         .into_iter()
         .map(|c| c.as_ref().to_owned())
@@ -112,6 +118,7 @@ fn check_devices(p: &Policy, d: &mut Diagnostics) {
         let line = p.source.locate(dev.id.span.start).0;
         match p.gateways.get(&dev.gateway.value) {
             None => unknown(
+                p,
                 d,
                 &dev.gateway.span,
                 format!("devices.{id}.gateway"),
@@ -202,6 +209,7 @@ fn check_services(p: &Policy, d: &mut Diagnostics) {
             && !p.gateways.contains_key(&via.value)
         {
             unknown(
+                p,
                 d,
                 &via.span,
                 format!("services.{name}.via"),
@@ -247,6 +255,7 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                         d.error(&device.span, format!("{key}.from"), format!("\"{}\" is a client; a client reaches a device (to = \"<device>\", port = <n>), not a service", device.value));
                     } else {
                         unknown(
+                            p,
                             d,
                             &device.span,
                             format!("{key}.from"),
@@ -261,6 +270,7 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                         d.error(&service.span, format!("{key}.to"), format!("flows from one device to another are lateral movement; name a service, not device \"{}\"", service.value));
                     }
                     None => unknown(
+                        p,
                         d,
                         &service.span,
                         format!("{key}.to"),
@@ -324,6 +334,7 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                 }
                 if !p.devices.contains_key(&device.value) {
                     unknown(
+                        p,
                         d,
                         &device.span,
                         format!("{key}.to"),
@@ -406,6 +417,7 @@ fn check_exceptions(p: &Policy, d: &mut Diagnostics) {
         for dev in &e.devices {
             if !p.devices.contains_key(&dev.value) {
                 unknown(
+                    p,
                     d,
                     &dev.span,
                     format!("{key}.devices"),
@@ -434,6 +446,7 @@ fn check_quarantine(p: &Policy, d: &mut Diagnostics) {
     for q in &p.quarantine {
         if !p.devices.contains_key(&q.value) {
             unknown(
+                p,
                 d,
                 &q.span,
                 "quarantine".to_owned(),
