@@ -15,6 +15,10 @@ pub enum KindArg {
     Gateway,
     /// A client identity: `spiffe://<trust-domain>/client/<name>`.
     Client,
+    /// A server that speaks TLS itself and connects out with the same
+    /// certificate (a PACS's C-MOVE return associations): server and client
+    /// auth, `--dns`/`--ip` required.
+    Server,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,7 +43,8 @@ enum CaCommand {
         #[arg(long)]
         trust_domain: String,
     },
-    /// Issue a certificate and key for a gateway or a client identity.
+    /// Issue a certificate and key for a gateway, a client identity, or a
+    /// TLS server that is also a client (a PACS's return associations).
     Issue {
         /// What the certificate identifies.
         kind: KindArg,
@@ -49,11 +54,13 @@ enum CaCommand {
         #[arg(long, default_value_t = ward_pki::DEFAULT_DAYS)]
         days: u32,
         /// A DNS name the certificate also carries (repeatable): for a
-        /// gateway whose access listener standard TLS clients reach by name.
+        /// gateway whose access listener standard TLS clients reach by name,
+        /// or a server.
         #[arg(long, value_name = "NAME")]
         dns: Vec<String>,
         /// An IP address the certificate also carries (repeatable): for a
-        /// gateway whose access listener standard TLS clients reach by address.
+        /// gateway whose access listener standard TLS clients reach by
+        /// address, or a server.
         #[arg(long, value_name = "ADDRESS")]
         ip: Vec<std::net::IpAddr>,
     },
@@ -99,6 +106,7 @@ pub fn run(args: CaArgs, json: bool) -> anyhow::Result<Exit> {
             let kind = match kind {
                 KindArg::Gateway => Kind::Gateway,
                 KindArg::Client => Kind::Client,
+                KindArg::Server => Kind::Server,
             };
             let issued = ca.issue_with_names(
                 kind,

@@ -153,7 +153,8 @@ pub enum Target {
     },
 }
 
-/// A flow this gateway opens on behalf of a device.
+/// A flow this gateway opens on behalf of a device (or, for a return flow,
+/// of a server connecting back to a device behind a peer gateway).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboundFlow {
     /// Flow name.
@@ -170,6 +171,10 @@ pub struct OutboundFlow {
     pub protocol: Protocol,
     /// Where it goes.
     pub target: Target,
+    /// The connecting side speaks TLS itself (a TLS server opening a return
+    /// association): this gateway terminates it with its own certificate and
+    /// requires the client's, verified by this CA and carrying this name.
+    pub client_tls: Option<TlsTarget>,
     /// Idle timeout.
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
@@ -346,18 +351,23 @@ impl Denied {
 
 impl Plan {
     /// The CA file of every service this gateway connects over TLS (an
-    /// outbound flow's direct server, or the server behind this hub), by
-    /// service name.
+    /// outbound flow's direct server, or the server behind this hub) or
+    /// accepts TLS from (a return flow's server), by service name.
     pub fn service_cas(&self) -> BTreeMap<&str, &str> {
         let direct = self.outbound.values().filter_map(|f| match &f.target {
             Target::Tls { ca, .. } => Some((f.service.as_str(), ca.as_str())),
             Target::Tunnel { .. } => None,
         });
+        let returning = self.outbound.values().filter_map(|f| {
+            f.client_tls
+                .as_ref()
+                .map(|t| (f.service.as_str(), t.ca.as_str()))
+        });
         let behind = self
             .tunnels
             .values()
             .filter_map(|f| f.tls.as_ref().map(|t| (f.service.as_str(), t.ca.as_str())));
-        direct.chain(behind).collect()
+        direct.chain(returning).chain(behind).collect()
     }
 
     /// Opener side: which flow a device's connection belongs to.
@@ -557,6 +567,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                             service: svc.name.value.clone(),
                             protocol: svc.protocol,
                             target,
+                            client_tls: None,
                             idle_timeout: f.idle_timeout,
                             connect_timeout: f.connect_timeout,
                             max_connections: f.max_connections,
@@ -577,6 +588,73 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                             service: svc.name.value.clone(),
                             target: svc.address.value,
                             tls: svc.tls.as_ref().map(|t| t.value.clone()),
+                            protocol: svc.protocol,
+                            idle_timeout: f.idle_timeout,
+                            connect_timeout: f.connect_timeout,
+                            max_connections: f.max_connections,
+                        },
+                    );
+                }
+            }
+            FlowKind::Return {
+                service,
+                device,
+                port,
+            } => {
+                let (Some(dev), Some(svc)) = (
+                    policy.devices.get(&device.value),
+                    policy.services.get(&service.value),
+                ) else {
+                    continue;
+                };
+                let Some(via) = &svc.via else { continue };
+                if via.value == gateway {
+                    let Some(peer) = policy.gateways.get(&dev.gateway.value) else {
+                        continue;
+                    };
+                    listeners.push(Listener {
+                        addr: f.listen.value,
+                        leg: Leg::Outbound,
+                    });
+                    routes.push(Route {
+                        src: svc.address.value.ip(),
+                        dst: f.listen.value,
+                        flow: f.name.value.clone(),
+                    });
+                    outbound.insert(
+                        f.name.value.clone(),
+                        OutboundFlow {
+                            name: f.name.value.clone(),
+                            device: dev.id.value.clone(),
+                            source: svc.address.value.ip(),
+                            listen: f.listen.value,
+                            service: svc.name.value.clone(),
+                            protocol: svc.protocol,
+                            target: Target::Tunnel {
+                                gateway: dev.gateway.value.clone(),
+                                identity: policy.gateway_identity(&dev.gateway.value),
+                                addr: SocketAddr::new(peer.lan_address.value, peer.tunnel_port),
+                                transport: f.transport,
+                            },
+                            client_tls: svc.tls.as_ref().map(|t| t.value.clone()),
+                            idle_timeout: f.idle_timeout,
+                            connect_timeout: f.connect_timeout,
+                            max_connections: f.max_connections,
+                        },
+                    );
+                }
+                if dev.gateway.value == gateway {
+                    tunnel_server = Some(SocketAddr::new(gw.lan_address.value, gw.tunnel_port));
+                    tunnels.insert(
+                        f.name.value.clone(),
+                        TunnelFlow {
+                            name: f.name.value.clone(),
+                            peer: policy.gateway_identity(&via.value),
+                            device: dev.id.value.clone(),
+                            quarantined: quarantined(&dev.id.value),
+                            service: svc.name.value.clone(),
+                            target: SocketAddr::new(dev.ip.value, *port),
+                            tls: None,
                             protocol: svc.protocol,
                             idle_timeout: f.idle_timeout,
                             connect_timeout: f.connect_timeout,

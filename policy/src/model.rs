@@ -444,6 +444,17 @@ pub enum FlowKind {
         /// Service name.
         service: Item<String>,
     },
+    /// A server opening connections back to a device port (a PACS sending
+    /// C-MOVE/C-GET results to a workstation): it connects `listen` on the
+    /// hub named by the service's `via`, which tunnels to the device's gateway.
+    Return {
+        /// Service name (the server that connects).
+        service: Item<String>,
+        /// Device id.
+        device: Item<String>,
+        /// Device port.
+        port: u16,
+    },
     /// A client identity reaching a device port.
     Inbound {
         /// Client name.

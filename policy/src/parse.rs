@@ -696,7 +696,31 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
         let inbound_hint = port.is_some() || had_window;
         // Whether `to` names a device decides the direction; the references
         // themselves are checked in validation.
-        let kind = if inbound_hint
+        let from_service = from
+            .as_ref()
+            .is_some_and(|f| services.contains_key(&f.value) && !devices.contains_key(&f.value));
+        let kind = if from_service {
+            let Some(port) = port else {
+                d.error(
+                    &span,
+                    format!("{key}.port"),
+                    format!(
+                        "return flow \"{}\" needs the device port the server may reach: port = <n>",
+                        name.value
+                    ),
+                );
+                continue;
+            };
+            if had_window {
+                d.error(&span, format!("{key}.window"), "windows limit client access; a return flow follows its service's own associations");
+                continue;
+            }
+            FlowKind::Return {
+                service: from.clone().expect("checked above"),
+                device: to,
+                port: port.value as u16,
+            }
+        } else if inbound_hint
             || (devices.contains_key(&to.value) && !services.contains_key(&to.value))
         {
             let Some(client) = from.clone() else {
@@ -749,6 +773,10 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                     Some(ip) => Item::new(SocketAddr::new(ip, *port), span.clone()),
                     None => continue, // the unknown device is reported in validation
                 }
+            }
+            (None, FlowKind::Return { .. }) => {
+                d.error(&span, format!("{key}.listen"), format!("return flow \"{}\" needs listen = \"<ip:port>\": the address on the hub the server connects to", name.value));
+                continue;
             }
             (None, FlowKind::Outbound { .. }) => {
                 d.error(&span, format!("{key}.listen"), format!("flow \"{}\" needs listen = \"<ip:port>\": the address the device is pointed at", name.value));

@@ -307,6 +307,62 @@ fn via_and_tls_service() {
     assert!(e.message.contains("cleartext never crosses the LAN"), "{e}");
 }
 
+/// A return flow: the PACS (TLS, behind the hub) connects a listener on the
+/// hub, which tunnels to the CT's gateway, which connects the CT's port.
+#[test]
+fn return_flow() {
+    let text = EXAMPLE.replace(
+        "via = \"hub-dc-01\"\nprotocol = \"dicom\"",
+        "via = \"hub-dc-01\"\nprotocol = \"dicom\"\ntls = { ca = \"/etc/ward/pacs-ca.pem\", server_name = \"pacs.st-mary.example\" }",
+    ) + "\n[[flows]]\nname = \"pacs-to-ct2\"\nfrom = \"pacs\"\nto = \"ct-scanner-2\"\nport = 11112\nlisten = \"203.0.113.1:11112\"\n";
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let hub = compile(&p, "hub-dc-01").expect("hub");
+    let edge = compile(&p, "edge-01").expect("edge");
+    let pacs: IpAddr = "203.0.113.5".parse().expect("ip");
+    let f = hub
+        .route(pacs, "203.0.113.1:11112".parse().expect("addr"))
+        .expect("the PACS may connect back");
+    assert_eq!(
+        (f.name.as_str(), f.device.as_str()),
+        ("pacs-to-ct2", "ct-scanner-2")
+    );
+    assert!(
+        matches!(&f.target, Target::Tunnel { gateway, .. } if gateway == "edge-01"),
+        "{:?}",
+        f.target
+    );
+    assert_eq!(
+        f.client_tls.as_ref().map(|t| t.server_name.as_str()),
+        Some("pacs.st-mary.example")
+    );
+    let other: IpAddr = "203.0.113.6".parse().expect("ip");
+    assert_eq!(
+        hub.route(other, "203.0.113.1:11112".parse().expect("addr"))
+            .unwrap_err(),
+        Denied::NoRoute
+    );
+    let t = edge
+        .authorize_tunnel(
+            "spiffe://st-mary.example/gateway/hub-dc-01",
+            "pacs-to-ct2",
+            "ct-scanner-2",
+        )
+        .expect("the edge accepts the hub's tunnel for the CT");
+    assert_eq!(t.target, "198.51.100.2:11112".parse().expect("addr"));
+    assert!(edge.tunnel_server.is_some());
+    // Without `via` there is no hub to come through.
+    let direct = text.replace(
+        "address = \"203.0.113.5:104\"\nvia = \"hub-dc-01\"\n",
+        "address = \"203.0.113.5:104\"\n",
+    );
+    let errs = errors(&direct);
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("a return flow comes through the hub")),
+        "{errs:#?}"
+    );
+}
+
 /// Compile is deterministic: the same policy yields byte-identical output.
 #[test]
 fn compile_is_deterministic() {

@@ -221,10 +221,18 @@ fn check_services(p: &Policy, d: &mut Diagnostics) {
     }
 }
 
-/// The gateway whose listener a flow uses.
+/// The gateway whose listener a flow uses: the device's, or for a return
+/// flow the hub its service is reached through.
 fn flow_gateway<'p>(p: &'p Policy, f: &Flow) -> Option<&'p str> {
     let device = match &f.kind {
         FlowKind::Outbound { device, .. } | FlowKind::Inbound { device, .. } => device,
+        FlowKind::Return { service, .. } => {
+            return p
+                .services
+                .get(&service.value)
+                .and_then(|s| s.via.as_ref())
+                .map(|v| v.value.as_str());
+        }
     };
     p.devices
         .get(&device.value)
@@ -311,6 +319,34 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                     }
                 }
             }
+            FlowKind::Return {
+                service, device, ..
+            } => {
+                let dev = p.devices.get(&device.value);
+                if dev.is_none() {
+                    unknown(
+                        p,
+                        d,
+                        &device.span,
+                        format!("{key}.to"),
+                        "device",
+                        &device.value,
+                        p.devices.keys(),
+                    );
+                }
+                if let Some(s) = p.services.get(&service.value) {
+                    match &s.via {
+                        None => d.error(&service.span, format!("{key}.from"), format!("service \"{}\" has no `via`: a return flow comes through the hub in front of the server", service.value)),
+                        Some(via) if dev.is_some_and(|dev| dev.gateway.value == via.value) => {
+                            d.error(&service.span, format!("{key}.from"), format!("service \"{}\" is reached via \"{}\", the device's own gateway; a return flow needs a peer gateway", service.value, via.value));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if f.listen.value.ip().is_unspecified() {
+                    d.error(&f.listen.span, format!("{key}.listen"), "listen needs the specific hub address the server is pointed at, not a wildcard");
+                }
+            }
             FlowKind::Inbound { client, device, .. } => {
                 if !p.clients.contains_key(&client.value) {
                     if p.devices.contains_key(&client.value) {
@@ -368,6 +404,10 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                     (FlowKind::Outbound { device: a, .. }, FlowKind::Outbound { device: b, .. }) => {
                         (a.value == b.value).then(|| format!("device \"{}\" would reach two flows at one address", a.value))
                     }
+                    (FlowKind::Return { service: a, .. }, FlowKind::Return { service: b, .. }) => {
+                        (a.value == b.value).then(|| format!("service \"{}\" would reach two flows at one address", a.value))
+                    }
+                    (FlowKind::Return { .. }, FlowKind::Outbound { .. }) | (FlowKind::Outbound { .. }, FlowKind::Return { .. }) => None,
                     (FlowKind::Inbound { client: a, .. }, FlowKind::Inbound { client: b, .. }) => {
                         (a.value == b.value).then(|| format!("client \"{}\" would reach two flows at one address", a.value))
                     }

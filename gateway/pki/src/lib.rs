@@ -91,6 +91,10 @@ pub enum Kind {
     Gateway,
     /// A client identity (vendor station, clinician tool).
     Client,
+    /// A server that speaks TLS itself and also connects out with the same
+    /// certificate (a PACS opening C-MOVE return associations): server and
+    /// client auth, named by the DNS names and addresses it is reached at.
+    Server,
 }
 
 impl Kind {
@@ -99,6 +103,7 @@ impl Kind {
         match self {
             Kind::Gateway => "gateway",
             Kind::Client => "client",
+            Kind::Server => "server",
         }
     }
 }
@@ -356,6 +361,11 @@ impl Ca {
         names: &Names,
     ) -> Result<Issued, PkiError> {
         check_name(name, kind.as_str())?;
+        if kind == Kind::Server && names.dns.is_empty() && names.ip.is_empty() {
+            return Err(PkiError::BadName(format!(
+                "server certificate {name:?} needs the names clients check: --dns and/or --ip"
+            )));
+        }
         let identity = format!(
             "spiffe://{}/{}/{name}",
             self.index.trust_domain,
@@ -379,7 +389,7 @@ impl Ca {
             .extend(names.ip.iter().map(|ip| SanType::IpAddress(*ip)));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match kind {
-            Kind::Gateway => vec![
+            Kind::Gateway | Kind::Server => vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
@@ -593,6 +603,35 @@ mod tests {
             vec![gw.serial.clone()]
         );
         assert!(matches!(ca.revoke("edge-01"), Err(PkiError::NotFound(_))));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A server certificate (a PACS that also connects out) needs the names
+    /// its clients check, and carries both server and client auth.
+    #[test]
+    fn server_certificate() {
+        let dir = tempdir("server");
+        let mut ca = Ca::init(&dir, "st-mary.example").expect("init");
+        let err = ca
+            .issue(Kind::Server, "pacs", Validity::days(30))
+            .expect_err("a server without names");
+        assert!(err.to_string().contains("--dns"), "{err}");
+        let names = Names {
+            dns: vec!["pacs.st-mary.example".into()],
+            ip: vec!["203.0.113.5".parse().expect("ip")],
+        };
+        let srv = ca
+            .issue_with_names(Kind::Server, "pacs", Validity::days(30), &names)
+            .expect("issue");
+        let der = pem_to_der(&fs::read_to_string(&srv.cert).expect("cert"));
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let eku = cert
+            .extended_key_usage()
+            .expect("eku ext")
+            .expect("eku present")
+            .value;
+        assert!(eku.server_auth && eku.client_auth, "{eku:?}");
+        assert_eq!(srv.identity, "spiffe://st-mary.example/server/pacs");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -12,7 +12,7 @@ use ward_api::audit::FlowAction;
 use ward_policy::Leg;
 
 use super::conn::{self, Matched, tcp_connect};
-use super::handshake;
+use super::handshake::{self, Expect};
 use super::registry::Grant;
 use super::state::ProxyState;
 use crate::transport::relay;
@@ -32,7 +32,8 @@ pub async fn serve(
         return;
     };
     let config = state.tls().access_server.clone();
-    let Some((tls, peer)) = handshake::accept_tls(&state, config, stream, src, Leg::Access).await
+    let Some((tls, peer)) =
+        handshake::accept_tls(&state, config, stream, src, Leg::Access, Expect::Spiffe).await
     else {
         return;
     };

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, CertificateError};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -120,14 +120,49 @@ fn failed(
     });
 }
 
+/// Who a client certificate must name.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// A SPIFFE identity of the site (gateways and clients).
+    Spiffe,
+    /// A server's DNS name or IP address (a TLS server connecting back
+    /// through a return flow), as its service's `server_name` gives it.
+    Name(&'a str),
+}
+
+impl Expect<'_> {
+    fn identify(self, certs: Option<&[CertificateDer<'static>]>) -> Result<PeerId, String> {
+        match self {
+            Expect::Spiffe => {
+                PeerId::of(certs).ok_or_else(|| "certificate has no SPIFFE identity".to_owned())
+            }
+            Expect::Name(name) => {
+                let leaf = certs
+                    .and_then(|c| c.first())
+                    .ok_or_else(|| "no certificate".to_owned())?;
+                let server = ServerName::try_from(name).map_err(|e| format!("{name:?}: {e}"))?;
+                webpki::EndEntityCert::try_from(leaf)
+                    .and_then(|c| c.verify_is_valid_for_subject_name(&server))
+                    .map_err(|e| format!("certificate is not for {name}: {e}"))?;
+                Ok(PeerId {
+                    identity: name.to_owned(),
+                    serial: ward_pki::inspect(leaf).map(|i| i.serial),
+                })
+            }
+        }
+    }
+}
+
 /// Complete a TLS handshake with a required client certificate on a
-/// connection accepted by a `leg` listener.
+/// connection accepted by a `leg` listener; the certificate must name what
+/// `expect` says.
 pub async fn accept_tls(
     state: &ProxyState,
     config: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     src: SocketAddr,
     leg: Leg,
+    expect: Expect<'_>,
 ) -> Option<(TlsStream<ChunkedTcp>, PeerId)> {
     let listener = stream.local_addr().ok()?;
     let Ok(permit) = state.handshakes.try_acquire() else {
@@ -145,12 +180,9 @@ pub async fn accept_tls(
     let result = timeout(state.limits.handshake_timeout, accept).await;
     drop(permit);
     let (reason, detail) = match result {
-        Ok(Ok(tls)) => match PeerId::of(tls.get_ref().1.peer_certificates()) {
-            Some(peer) => return Some((tls, peer)),
-            None => (
-                HandshakeFailure::NoIdentity,
-                "certificate has no SPIFFE identity".to_owned(),
-            ),
+        Ok(Ok(tls)) => match expect.identify(tls.get_ref().1.peer_certificates()) {
+            Ok(peer) => return Some((tls, peer)),
+            Err(detail) => (HandshakeFailure::NoIdentity, detail),
         },
         Ok(Err(e)) => (classify_io(&e), e.to_string()),
         Err(_) => (HandshakeFailure::Timeout, "handshake timed out".to_owned()),

@@ -20,6 +20,7 @@ use ward_policy::model::Transport;
 use ward_policy::{Leg, OutboundFlow, Target};
 
 use super::conn::{self, ConnectError, Matched, tcp_connect};
+use super::handshake::{self, Expect};
 use super::registry::{Grant, far_of};
 use super::state::ProxyState;
 use crate::transport::bufio::ChunkedTcp;
@@ -122,11 +123,33 @@ pub async fn serve(
             state.registry.denied(&flow.name);
             return;
         };
+        // A return flow from a TLS server: its TLS ends here, with its
+        // certificate required and checked against its service's CA and name.
+        let (near, near_serial) = match &flow.client_tls {
+            None => (Near::Plain(stream), None),
+            Some(t) => {
+                let config = match state.tls().return_server(std::path::Path::new(&t.ca)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "return flow refused: no TLS configuration");
+                        return;
+                    }
+                };
+                let expect = Expect::Name(&t.server_name);
+                let Some((tls, who)) =
+                    handshake::accept_tls(&state, config, stream, src, Leg::Outbound, expect).await
+                else {
+                    state.registry.denied(&flow.name);
+                    return;
+                };
+                (Near::Tls(Box::new(tls)), who.serial)
+            }
+        };
         let m = Matched {
             flow: flow.name.clone(),
             device: flow.device.clone(),
             peer: Some(peer),
-            peer_serial: None,
+            peer_serial: near_serial,
             src,
             grant: Grant::Outbound {
                 dst,
@@ -149,22 +172,46 @@ pub async fn serve(
         };
         state.audit.record(m.event(FlowAction::Allowed, None));
         debug!("far end connected");
-        let device = relay::io(stream.into_split());
-        match far {
-            Far::Tls(s) => {
-                admitted
-                    .relay(device, relay::io(tokio::io::split(*s)), flow.idle_timeout)
-                    .await
+        match near {
+            Near::Plain(s) => {
+                relay_far(admitted, relay::io(s.into_split()), far, flow.idle_timeout).await
             }
-            Far::Quic(send, recv) => {
-                admitted
-                    .relay(device, (recv, send), flow.idle_timeout)
-                    .await
+            Near::Tls(s) => {
+                relay_far(
+                    admitted,
+                    relay::io(tokio::io::split(*s)),
+                    far,
+                    flow.idle_timeout,
+                )
+                .await
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// The near end of an outbound connection: a device's cleartext, or a TLS
+/// server's TLS on a return flow (boxed, like [`Far::Tls`]).
+enum Near {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<ChunkedTcp>>),
+}
+
+async fn relay_far(
+    admitted: conn::Admitted,
+    near: (impl relay::Source, impl relay::Sink),
+    far: Far,
+    idle: Duration,
+) {
+    match far {
+        Far::Tls(s) => {
+            admitted
+                .relay(near, relay::io(tokio::io::split(*s)), idle)
+                .await
+        }
+        Far::Quic(send, recv) => admitted.relay(near, (recv, send), idle).await,
+    }
 }
 
 async fn tls_connect(

@@ -17,7 +17,7 @@ use ward_api::audit::FlowAction;
 use ward_policy::{Denied, Leg, TunnelFlow};
 
 use super::conn::{self, Matched, tcp_connect};
-use super::handshake::{self, PeerId};
+use super::handshake::{self, Expect, PeerId};
 use super::outbound::{FarError, connect_tls_server};
 use super::registry::{Grant, server_of};
 use super::state::ProxyState;
@@ -48,7 +48,8 @@ pub async fn serve_tcp(
     cut: CancellationToken,
 ) {
     let config = state.tls().tunnel_server.clone();
-    let Some((tls, peer)) = handshake::accept_tls(&state, config, stream, src, Leg::Tunnel).await
+    let Some((tls, peer)) =
+        handshake::accept_tls(&state, config, stream, src, Leg::Tunnel, Expect::Spiffe).await
     else {
         return;
     };

@@ -173,6 +173,7 @@ pub struct TlsMaterial {
     pub access_server: Arc<ServerConfig>,
     peer_clients: Mutex<BTreeMap<String, Arc<ClientConfig>>>,
     service_clients: Mutex<BTreeMap<(PathBuf, String), Arc<ClientConfig>>>,
+    return_servers: Mutex<BTreeMap<PathBuf, Arc<ServerConfig>>>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -265,6 +266,7 @@ impl TlsMaterial {
             access_server: Arc::new(access_server),
             peer_clients: Mutex::new(BTreeMap::new()),
             service_clients: Mutex::new(BTreeMap::new()),
+            return_servers: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -336,6 +338,40 @@ impl TlsMaterial {
             })?;
         let config = Arc::new(config);
         cache.insert(key, config.clone());
+        Ok(config)
+    }
+
+    /// Server config for a TLS server connecting back through a return
+    /// flow (a PACS sending C-MOVE results): this gateway's certificate,
+    /// TLS 1.2+, and the server's client certificate required, verified by
+    /// the service's CA at `ca` (its name is checked after the handshake).
+    pub fn return_server(&self, ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut cache = self.return_servers.lock().expect("tls cache lock poisoned");
+        if let Some(c) = cache.get(ca) {
+            return Ok(c.clone());
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+            .build()
+            .map_err(|e| TlsError::Verifier {
+                what: "return flow server".to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|source| TlsError::Rustls {
+                what: "return flow server config",
+                source,
+            })?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.certs.clone(), self.key.clone_key())
+            .map_err(|source| TlsError::Rustls {
+                what: "return flow server certificate",
+                source,
+            })?;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        let config = Arc::new(config);
+        cache.insert(ca.to_owned(), config.clone());
         Ok(config)
     }
 
