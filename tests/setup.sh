@@ -9,6 +9,7 @@ packages=(
   iputils-ping
   netcat-openbsd
   dcmtk
+  orthanc
   socat
   stunnel4
   openssl

@@ -205,6 +205,128 @@ pub fn echoes(log: &Path) -> usize {
         .count()
 }
 
+/// What an Orthanc PACS in a test is given.
+pub struct OrthancSetup<'a> {
+    /// Scratch directory for its configuration, database and log.
+    pub dir: &'a Path,
+    /// Its DICOM port (it listens on every address: Orthanc 1.10 has no
+    /// bind-address option; its HTTP server is off).
+    pub port: u16,
+    /// Its TLS certificate and key (one pair for incoming and outgoing
+    /// associations), and the CA file it trusts for its peers.
+    pub cert: &'a Path,
+    /// Its key.
+    pub key: &'a Path,
+    /// CA certificates it trusts (its callers' and the C-MOVE destinations').
+    pub trusted: &'a Path,
+    /// C-MOVE destinations: (AE title, host, port), reached over DICOM TLS.
+    pub modalities: &'a [(&'a str, std::net::IpAddr, u16)],
+}
+
+/// Orthanc from Debian as a DICOM TLS PACS (AE `ORTHANC`) requiring client
+/// certificates, storing anything, answering C-MOVE to its known modalities
+/// (checked by AE title and host).
+pub fn orthanc(setup: &OrthancSetup<'_>) -> Peer {
+    let dir = setup.dir;
+    std::fs::create_dir_all(dir.join("db")).expect("orthanc dir");
+    let modalities: serde_json::Map<String, serde_json::Value> = setup
+        .modalities
+        .iter()
+        .map(|(aet, host, port)| {
+            (
+                (*aet).to_owned(),
+                serde_json::json!({
+                    "AET": aet, "Host": host.to_string(), "Port": port,
+                    "UseDicomTls": true, "AllowMove": true,
+                }),
+            )
+        })
+        .collect();
+    let config = serde_json::json!({
+        "Name": "ward-test-pacs",
+        "StorageDirectory": dir.join("db"),
+        "IndexDirectory": dir.join("db"),
+        "Plugins": [],
+        "HttpServerEnabled": false,
+        "DicomServerEnabled": true,
+        "DicomAet": "ORTHANC",
+        "DicomPort": setup.port,
+        "DicomCheckCalledAet": false,
+        "DicomCheckModalityHost": true,
+        "DicomAlwaysAllowEcho": true,
+        "DicomAlwaysAllowStore": true,
+        "DicomAlwaysAllowMove": false,
+        "DicomScuTimeout": 10,
+        "DicomTlsEnabled": true,
+        "DicomTlsCertificate": setup.cert,
+        "DicomTlsPrivateKey": setup.key,
+        "DicomTlsTrustedCertificates": setup.trusted,
+        "DicomTlsRemoteCertificateRequired": true,
+        "DicomModalities": modalities,
+    });
+    let path = dir.join("orthanc.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write");
+    let bin = ["/usr/sbin/Orthanc", "/usr/bin/Orthanc"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("Orthanc");
+    let child = Command::new(bin)
+        .arg("--verbose")
+        .arg(format!("--logfile={}", dir.join("orthanc.log").display()))
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn Orthanc (install orthanc)");
+    wait_tcp(
+        SocketAddr::new([127, 0, 0, 1].into(), setup.port),
+        Duration::from_secs(30),
+    );
+    Peer {
+        child,
+        name: "Orthanc",
+    }
+}
+
+/// An attribute of a DICOM file, e.g. `0020,000d` (Study Instance UID).
+pub fn attribute(file: &Path, tag: &str) -> String {
+    let out = Command::new(dcmtk("dcmdump"))
+        .args(["-q", "+P", tag])
+        .arg(file)
+        .output()
+        .expect("run dcmdump (install dcmtk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (Some(a), Some(b)) = (text.find('['), text.find(']')) else {
+        panic!("{tag} not in {}: {text}", file.display());
+    };
+    text[a + 1..b].to_owned()
+}
+
+/// dcmtk `movescu`: a study-root C-MOVE of `study` from the SCP at `addr`
+/// (called `called`) to the move destination `dest`, which is this movescu
+/// itself, receiving on `port` into `out`.
+pub fn movescu(
+    addr: SocketAddr,
+    called: &str,
+    dest: &str,
+    port: u16,
+    study: &str,
+    out: &Path,
+) -> Output {
+    std::fs::create_dir_all(out).expect("movescu dir");
+    Command::new(dcmtk("movescu"))
+        .args(["-v", "-S", "-aet", dest, "-aec", called, "-aem", dest])
+        .args(["--port", &port.to_string()])
+        .arg("--output-directory")
+        .arg(out)
+        .args(["-k", "QueryRetrieveLevel=STUDY"])
+        .args(["-k", &format!("StudyInstanceUID={study}")])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .output()
+        .expect("run movescu (install dcmtk)")
+}
+
 /// The single file `storescp` stored in `dir`.
 pub fn stored_file(dir: &Path) -> PathBuf {
     let files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -195,3 +195,79 @@ fn dicom_tls_client_to_plain_device() {
     );
     assert!(dataset(&file) == dataset(&stored_file(&out)));
 }
+
+/// C-MOVE through Ward both ways: a workstation (movescu, cleartext, behind
+/// the edge) asks Orthanc (DICOM TLS, client certificates required, behind
+/// the hub) for a study; Orthanc opens the return association over TLS to
+/// the return flow's listener on the hub (its vendor certificate checked
+/// against the service's CA and name), the hub tunnels it to the edge, the
+/// edge connects the workstation's port, and the image arrives. The study
+/// got into Orthanc the same way: storescu through edge and hub.
+#[test]
+fn cmove_from_orthanc_through_hub_and_edge() {
+    let ws_port = ward_tests::harness::free_port("127.0.0.1");
+    let return_port = ward_tests::harness::free_port("127.0.0.1");
+    let extra = format!(
+        "[[flows]]\nname = \"pacs-return\"\nfrom = \"pacs-tls-hub\"\nto = \"modality-1\"\nport = {ws_port}\nlisten = \"127.0.0.1:{return_port}\"\n"
+    );
+    let site = Site::new(
+        "cmove",
+        &SiteOptions {
+            extra_policy: extra,
+            ..Default::default()
+        },
+    );
+    let hub = site.start_hub();
+    let edge = site.start_edge("");
+    let scratch = TempDir::new("cmove-data");
+    let pki = &site.pacs_pki;
+    let _pacs = peers::orthanc(&peers::OrthancSetup {
+        dir: &scratch.join("orthanc"),
+        port: site.pacs_tls.port(),
+        cert: &pki.join("server.crt"),
+        key: &pki.join("server.key"),
+        trusted: &site.ca.ca.cert_path(),
+        modalities: &[("WS", [127, 0, 0, 1].into(), return_port)],
+    });
+    let file = make_dicom(&scratch, 64);
+    let logs = || {
+        format!(
+            "edge:\n{}\nhub:\n{}\northanc:\n{}",
+            edge.log(),
+            hub.log(),
+            std::fs::read_to_string(scratch.join("orthanc/orthanc.log")).unwrap_or_default()
+        )
+    };
+    let stored = storescu(site.dicom_hub_tls, &file, &["-aec", "ORTHANC"]);
+    assert!(
+        stored.status.success(),
+        "storescu to Orthanc failed: {}\n{}",
+        String::from_utf8_lossy(&stored.stderr),
+        logs()
+    );
+    let study = peers::attribute(&file, "0020,000d");
+    let out = scratch.join("retrieved");
+    let moved = peers::movescu(site.dicom_hub_tls, "ORTHANC", "WS", ws_port, &study, &out);
+    assert!(
+        moved.status.success(),
+        "movescu failed: {}{}\n{}",
+        String::from_utf8_lossy(&moved.stdout),
+        String::from_utf8_lossy(&moved.stderr),
+        logs()
+    );
+    let got = stored_file(&out);
+    assert_eq!(
+        peers::attribute(&got, "0008,0018"),
+        peers::attribute(&file, "0008,0018"),
+        "another instance arrived"
+    );
+    assert!(
+        dataset(&file) == dataset(&got),
+        "the image changed on the way"
+    );
+    assert!(
+        hub.log().contains("pacs-return"),
+        "the return association did not use the return flow:\n{}",
+        logs()
+    );
+}
