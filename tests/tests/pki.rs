@@ -78,3 +78,61 @@ fn standard_client_accepts_a_gateway_certificate_with_ip_names() {
         "Python's default TLS checks refused the named certificate: {out}"
     );
 }
+
+/// pynetdicom as the vendor's DICOM TLS client, with Python's default checks
+/// (CA and name): a C-ECHO through the access listener to the monitor's
+/// storescp succeeds against a gateway certificate issued with `--ip`.
+#[test]
+fn pynetdicom_tls_client_through_the_access_listener() {
+    let mut site = Site::new("pki-pynetdicom", &SiteOptions::default());
+    let named = site.ca.issue_with_names(
+        Kind::Gateway,
+        "edge-01",
+        &Names {
+            dns: vec![],
+            ip: vec![site.access.ip()],
+        },
+    );
+    std::fs::copy(&named.key, &site.edge_cert.key).expect("install key");
+    std::fs::copy(&named.cert, &site.edge_cert.cert).expect("install certificate");
+    let vendor = site.ca.issue(Kind::Client, "vendor");
+    let scratch = ward_tests::harness::TempDir::new("pki-pynetdicom-data");
+    let _monitor = ward_tests::peers::storescp(site.monitor, &scratch.join("rx"), &[]);
+    let edge = site.start_edge("");
+    let script = r#"
+import ssl, sys
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+ca, cert, key, host, port = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+ae = AE(ae_title="VENDOR")
+ae.add_requested_context(Verification)
+assoc = ae.associate(host, int(port), ae_title="MONITOR", tls_args=(ctx, host))
+if not assoc.is_established:
+    sys.exit("association not established")
+status = assoc.send_c_echo()
+assoc.release()
+print("C-ECHO status 0x%04x" % status.Status)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(site.ca.ca.cert_path())
+        .arg(&vendor.cert)
+        .arg(&vendor.key)
+        .arg(site.access.ip().to_string())
+        .arg(site.access.port().to_string())
+        .output()
+        .expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("C-ECHO status 0x0000"),
+        "pynetdicom over TLS failed: {text}\n{}",
+        edge.log()
+    );
+}

@@ -163,6 +163,26 @@ fn renewed_service_ca_is_picked_up() {
         hub.log()
     );
     assert!(dataset(&file) == dataset(&stored_file(&out)));
+    // The CA file gone: the reload it causes is rejected, naming the key and
+    // the path, and the PACS stays reachable with the CA in force.
+    std::fs::remove_file(&ca_file).expect("remove ca");
+    hub.wait_log("reload rejected", Duration::from_secs(10));
+    let log = hub.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("reload rejected"))
+        .expect("rejection line");
+    assert!(
+        line.contains("services.pacs-tls-hub.tls.ca")
+            && line.contains(&ca_file.display().to_string()),
+        "{line}"
+    );
+    let again = storescu(site.dicom_hub_tls, &file, &[]);
+    assert!(
+        again.status.success(),
+        "the CA in force was dropped: {}",
+        hub.log()
+    );
 }
 
 /// storescu --enable-tls with the vendor's client certificate into the
