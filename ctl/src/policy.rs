@@ -256,12 +256,14 @@ fn render_plan(plan: &Plan) -> String {
                 .map(|d| ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][*d as usize])
                 .collect();
             format!(
-                "{} {:02}:{:02}-{:02}:{:02} UTC",
+                "{} {:02}:{:02}-{:02}:{:02} {}, warned {} before the end",
                 days.join(","),
                 w.start / 60,
                 w.start % 60,
                 w.end / 60,
-                w.end % 60
+                w.end % 60,
+                w.tz.as_deref().unwrap_or(ward_policy::model::DEFAULT_TZ),
+                ward_policy::model::format_duration(w.warning),
             )
         });
         let _ = writeln!(

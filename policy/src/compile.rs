@@ -25,16 +25,7 @@ pub enum CompileError {
 
 /// A duration as the policy writes it, in its largest exact unit (`30m`, not `1800s`).
 pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
-        return s.collect_str(&format_args!("{ms}ms"));
-    }
-    let secs = ms / 1000;
-    let (n, unit) = [(86_400, "d"), (3600, "h"), (60, "m")]
-        .into_iter()
-        .find(|(u, _)| secs != 0 && secs.is_multiple_of(*u))
-        .map_or((secs, "s"), |(u, unit)| (secs / u, unit));
-    s.collect_str(&format_args!("{n}{unit}"))
+    s.collect_str(&crate::model::format_duration(*d))
 }
 
 /// Everything one gateway needs to run: listeners, routes and authorization

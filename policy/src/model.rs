@@ -377,6 +377,21 @@ pub struct Window {
     pub warning: Duration,
 }
 
+/// A duration as the policy writes it, in its largest exact unit (`30m`,
+/// not `1800s`; `1500ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1000;
+    let (n, unit) = [(86_400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(u, _)| secs != 0 && secs.is_multiple_of(*u))
+        .map_or((secs, "s"), |(u, unit)| (secs / u, unit));
+    format!("{n}{unit}")
+}
+
 /// The time zone of windows that name none anywhere.
 pub const DEFAULT_TZ: &str = "UTC";
 

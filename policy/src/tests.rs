@@ -479,8 +479,9 @@ fn inbound_window() {
     let edge = compile(&example(), "edge-01").expect("edge");
     let listen: SocketAddr = "192.0.2.10:24105".parse().expect("addr");
     let vendor = "spiffe://st-mary.example/client/vendor-vitalis";
-    let tue_3am = ts("2026-11-24T03:00:00Z");
-    let tue_5am = ts("2026-11-24T05:00:00Z");
+    // The example's windows are in Berlin time (UTC+1 in November).
+    let tue_3am = ts("2026-11-24T02:00:00Z");
+    let tue_5am = ts("2026-11-24T04:00:00Z");
     let rule = edge
         .authorize_client(vendor, listen, tue_3am)
         .expect("inside window");
@@ -743,10 +744,11 @@ fn window_zone_defaults() {
             .expect("vendor rule");
         rule.window.as_ref().and_then(|w| w.tz.clone())
     };
-    assert_eq!(zone_of(EXAMPLE).as_deref(), Some("UTC"));
-    let site = EXAMPLE.replacen("mode = ", "tz = \"Europe/Berlin\"\nmode = ", 1);
-    assert_ne!(site, EXAMPLE, "the example sets mode at the top");
-    assert_eq!(zone_of(&site).as_deref(), Some("Europe/Berlin"));
+    let utc = EXAMPLE.replacen("tz = \"Europe/Berlin\"\n", "", 1);
+    assert_ne!(utc, EXAMPLE, "the example sets the site's zone");
+    assert_eq!(zone_of(&utc).as_deref(), Some("UTC"));
+    let site = EXAMPLE;
+    assert_eq!(zone_of(site).as_deref(), Some("Europe/Berlin"));
     let gateway = site.replacen(
         "[gateways.edge-01]\n",
         "[gateways.edge-01]\ntz = \"Europe/London\"\n",

@@ -447,8 +447,8 @@ fn inbound_maintenance_window() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         storescu_in(&h.lan, "192.0.2.10", 24105, &file, &args)
     };
-    // Tuesday 03:00 UTC: inside the window.
-    let mut edge = h.start_edge("fake_now = \"2026-11-24T03:00:00Z\"");
+    // Tuesday 03:00 in Berlin (02:00 UTC): inside the window.
+    let mut edge = h.start_edge("fake_now = \"2026-11-24T02:00:00Z\"");
     let ok = send(&vendor);
     assert!(
         ok.status.success(),
@@ -468,7 +468,7 @@ fn inbound_maintenance_window() {
         "the LAN reached the monitor directly"
     );
     drop(edge);
-    // Tuesday 05:00 UTC: outside.
+    // Tuesday 06:00 in Berlin: outside.
     let mut edge = h.start_edge("fake_now = \"2026-11-24T05:00:00Z\"");
     assert!(
         !send(&vendor).status.success(),
