@@ -166,16 +166,17 @@ fn bytes(n: u64) -> String {
 
 fn print_devices(devices: &[Device]) {
     println!(
-        "{:<16} {:<15} {:<18} {:<6} {:<11} {:>8} {:>5}  flows",
-        "DEVICE", "ADDRESS", "MAC", "PORT", "STATE", "DROPS", "CONNS"
+        "{:<16} {:<15} {:<18} {:<6} {:<11} {:<11} {:>8} {:>5}  flows",
+        "DEVICE", "ADDRESS", "MAC", "PORT", "INSERTION", "STATE", "DROPS", "CONNS"
     );
     for d in devices {
         println!(
-            "{:<16} {:<15} {:<18} {:<6} {:<11} {:>8} {:>5}  {}",
+            "{:<16} {:<15} {:<18} {:<6} {:<11} {:<11} {:>8} {:>5}  {}",
             d.id,
             d.ip,
             d.mac,
             d.interface,
+            d.insertion,
             if d.quarantined { "QUARANTINED" } else { "ok" },
             d.drops,
             d.connections,
@@ -231,6 +232,7 @@ fn run_inner(
                 println!("gateway      {} ({})", s.gateway, s.identity);
                 println!("version      {}", s.version);
                 println!("mode         {}", s.mode);
+                println!("insertion    {}", s.insertion);
                 println!("policy       {} (revision {})", s.policy_file, s.revision);
                 println!("site policy  sha256 {}", s.policy_sha256);
                 println!("uptime       {}s", s.uptime_secs);

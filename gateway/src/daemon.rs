@@ -171,9 +171,14 @@ impl Gateway {
 
         if config.apply_nft {
             let batch = ward_policy::nft::render_json(&plan);
-            let applied = tokio::task::spawn_blocking(move || Nft::default().apply_json(&batch))
-                .await
-                .expect("the nft apply task does not panic")?;
+            let for_routing = plan.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                let nft = Nft::default();
+                nft.prepare_interception(&for_routing)?;
+                nft.apply_json(&batch)
+            })
+            .await
+            .expect("the nft apply task does not panic")?;
             info!(
                 elapsed_ms = applied.elapsed.as_millis() as u64,
                 revision = %control::revision(&plan),

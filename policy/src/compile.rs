@@ -60,6 +60,13 @@ pub struct Plan {
     pub exceptions: Vec<ExceptionPlan>,
     /// Interfaces facing devices.
     pub device_interfaces: Vec<String>,
+    /// How this gateway is inserted in front of its devices.
+    pub insertion: Insertion,
+    /// Routed insertion: the router addresses it holds on its device ports.
+    pub routers: Vec<(IpAddr, u8)>,
+    /// Loopback address of the transparent listener, when some flow is
+    /// intercepted (its connections' local address is the original destination).
+    pub transparent_listener: Option<SocketAddr>,
 }
 
 /// The three legs of a connection through a gateway (DESIGN §3.1). One
@@ -116,6 +123,9 @@ pub struct Route {
     pub dst: SocketAddr,
     /// Flow name.
     pub flow: String,
+    /// Intercepted at the original destination (routed insertion), not
+    /// connected to a listener of this gateway.
+    pub transparent: bool,
 }
 
 /// Where an outbound flow goes.
@@ -539,14 +549,17 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                         },
                         (None, None) => continue,
                     };
-                    listeners.push(Listener {
-                        addr: f.listen.value,
-                        leg: Leg::Outbound,
-                    });
+                    if !f.transparent {
+                        listeners.push(Listener {
+                            addr: f.listen.value,
+                            leg: Leg::Outbound,
+                        });
+                    }
                     routes.push(Route {
                         src: dev.ip.value,
                         dst: f.listen.value,
                         flow: f.name.value.clone(),
+                        transparent: f.transparent,
                     });
                     outbound.insert(
                         f.name.value.clone(),
@@ -611,6 +624,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                         src: svc.address.value.ip(),
                         dst: f.listen.value,
                         flow: f.name.value.clone(),
+                        transparent: false,
                     });
                     outbound.insert(
                         f.name.value.clone(),
@@ -718,6 +732,10 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
         })
         .collect();
 
+    let transparent_listener = routes
+        .iter()
+        .any(|r| r.transparent)
+        .then(|| SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), gw.transparent_port));
     let plan = Plan {
         gateway: gateway.to_owned(),
         identity: policy.gateway_identity(gateway),
@@ -736,6 +754,9 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
             .iter()
             .map(|i| i.value.clone())
             .collect(),
+        insertion: gw.insertion,
+        routers: gw.routers.iter().map(|r| r.value).collect(),
+        transparent_listener,
     };
     Ok(plan)
 }

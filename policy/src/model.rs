@@ -98,6 +98,33 @@ pub struct Gateway {
     pub tunnel_port: u16,
     /// The gateway's IANA time zone, when not the site's.
     pub tz: Option<Item<String>>,
+    /// How the gateway is inserted in front of its devices.
+    pub insertion: Insertion,
+    /// Routed insertion: the router addresses (with prefix) the gateway
+    /// holds on its device ports, each the default router of a device segment.
+    pub routers: Vec<Item<(IpAddr, u8)>>,
+    /// Loopback port of the transparent listener (routed insertion).
+    pub transparent_port: u16,
+}
+
+/// How a gateway is inserted in front of its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Insertion {
+    /// Devices are pointed at the gateway's listeners (`listen` on each flow).
+    Explicit,
+    /// The gateway holds the device segments' router addresses; devices keep
+    /// connecting to the addresses they always used, intercepted by tproxy.
+    Routed,
+}
+
+impl fmt::Display for Insertion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Insertion::Explicit => "explicit",
+            Insertion::Routed => "routed",
+        })
+    }
 }
 
 /// A MAC address.
@@ -493,8 +520,12 @@ pub struct Flow {
     /// Direction and endpoints.
     pub kind: FlowKind,
     /// Address the listener binds: for outbound flows the address the device
-    /// is pointed at; for inbound flows the gateway's TLS listener.
+    /// is pointed at; for inbound flows the gateway's TLS listener. For a
+    /// transparent flow, the original destination the device connects to
+    /// (its `device_target`, or the service's address), intercepted.
     pub listen: Item<SocketAddr>,
+    /// The flow is intercepted (no `listen`, on a routed gateway).
+    pub transparent: bool,
     /// Tunnel transport (outbound flows through a hub).
     pub transport: Transport,
     /// Close the flow after this long without bytes in either direction.

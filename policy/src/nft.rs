@@ -21,6 +21,9 @@
 //!     quarantine → drop; established → accept; exceptions → accept;
 //!     device → device (lateral) → drop_<id>; device → anything → drop_<id>;
 //!     anything → device → drop_<id>; counted policy drop
+//!   chain intercept   (hook prerouting, priority -150, routed insertion only)
+//!     each intercepted flow (device port, source, original destination) →
+//!     tproxy to the loopback transparent listener, mark TPROXY_MARK
 //!   chain output      (hook output, priority 0, policy accept)
 //!     quarantine → drop (cuts the gateway's own legs to the device)
 //!   chain drop_<id>: count, log (rate limited), drop — or accept in monitor mode
@@ -41,7 +44,8 @@ use nftables::schema::{
     SetTypeValue, Table,
 };
 use nftables::stmt::{
-    Counter, JumpTarget, Limit, Log, LogLevel, Match, Operator, Statement, VerdictMap,
+    Counter, JumpTarget, Limit, Log, LogLevel, Mangle, Match, Operator, Statement, TProxy,
+    VerdictMap,
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -156,6 +160,14 @@ fn accept() -> S {
 fn drop() -> S {
     Statement::Drop(None)
 }
+
+/// Packet mark of intercepted connections; `ip rule add fwmark TPROXY_MARK
+/// lookup TPROXY_TABLE` with a local default route in that table hands them
+/// to the local stack (the transparent listener).
+pub const TPROXY_MARK: u32 = 0x5741_0001;
+
+/// Routing table of intercepted connections (see [`TPROXY_MARK`]).
+pub const TPROXY_TABLE: u32 = 22337;
 
 /// Chain that counts, logs and drops (or, in monitor mode, accepts) one device's traffic.
 pub fn drop_chain(id: &str) -> String {
@@ -332,6 +344,12 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
         Some((NfHook::Prerouting, -300, NfChainPolicy::Accept)),
     );
     b.chain("input", Some((NfHook::Input, 0, NfChainPolicy::Accept)));
+    if plan.transparent_listener.is_some() {
+        b.chain(
+            "intercept",
+            Some((NfHook::Prerouting, -150, NfChainPolicy::Accept)),
+        );
+    }
     b.chain("forward", Some((NfHook::Forward, 0, NfChainPolicy::Drop)));
     b.chain("output", Some((NfHook::Output, 0, NfChainPolicy::Accept)));
     for d in &devices {
@@ -405,6 +423,35 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
             Some("unknown source"),
             vec![iif(ifs), goto("drop_unknown".to_owned())],
         );
+    }
+
+    // intercept: each intercepted flow's packets to the transparent listener,
+    // marked so the fwmark rule routes them to the local stack. With no
+    // listener (wardd stopped) the rule does not match, the packet is
+    // forwarded, and the forward chain drops it: fail closed.
+    if let (Some(listener), Some(ifs)) = (plan.transparent_listener, &ifaces) {
+        for r in plan.routes.iter().filter(|r| r.transparent) {
+            b.rule(
+                "intercept",
+                Some(&format!("flow {}", r.flow)),
+                vec![
+                    iif(ifs),
+                    is(field("ip", "saddr"), s(r.src.to_string())),
+                    is(field("ip", "daddr"), s(r.dst.ip().to_string())),
+                    is(field("tcp", "dport"), E::Number(u32::from(r.dst.port()))),
+                    Statement::TProxy(TProxy {
+                        family: Some("ip".into()),
+                        port: listener.port(),
+                        addr: Some(listener.ip().to_string().into()),
+                    }),
+                    Statement::Mangle(Mangle {
+                        key: meta(MetaKey::Mark),
+                        value: E::Number(TPROXY_MARK),
+                    }),
+                    accept(),
+                ],
+            );
+        }
     }
 
     // input

@@ -22,6 +22,8 @@ pub const MAX_ID_LEN: usize = 48;
 
 /// Default TCP/UDP port of the `ward/1` tunnel server.
 pub const DEFAULT_TUNNEL_PORT: u16 = 4433;
+/// Default loopback port of a routed gateway's transparent listener.
+pub const DEFAULT_TRANSPARENT_PORT: u16 = 15001;
 /// Default idle timeout of a flow. Clinical interfaces (HL7 links, DICOM
 /// associations) idle for long stretches; one hour closes the forgotten ones
 /// without cutting a working link in a quiet night shift.
@@ -365,6 +367,14 @@ fn parse_hhmm(s: &str) -> Option<u16> {
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+/// An IPv4 address with a prefix length, e.g. `198.51.100.1/28`.
+fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, p) = s.split_once('/')?;
+    let addr = a.parse::<std::net::Ipv4Addr>().ok()?;
+    let prefix = p.parse::<u8>().ok()?;
+    (prefix <= 32).then_some((IpAddr::V4(addr), prefix))
+}
+
 fn parse_target(s: &str) -> Option<ExceptionTarget> {
     if s == "gateway" {
         return Some(ExceptionTarget::Gateway);
@@ -453,6 +463,39 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
             .int(d, "tunnel_port", 1..=65535)
             .map_or(DEFAULT_TUNNEL_PORT, |p| p.value as u16);
         let tz = parse_tz(&mut o, d);
+        let insertion = o
+            .parsed(
+                d,
+                "insertion",
+                "an insertion mode (\"explicit\" or \"routed\"; \"bridge\" is not available yet)",
+                |s| match s {
+                    "explicit" => Some(Insertion::Explicit),
+                    "routed" => Some(Insertion::Routed),
+                    _ => None,
+                },
+            )
+            .map_or(Insertion::Explicit, |i| i.value);
+        let routers: Vec<Item<(IpAddr, u8)>> = o
+            .string_list(d, "routers")
+            .into_iter()
+            .filter_map(|r| match parse_prefix(&r.value) {
+                Some(v) => Some(Item::new(v, r.span)),
+                None => {
+                    d.error(
+                        &r.span,
+                        o.key("routers"),
+                        format!(
+                            "\"{}\" is not a router address with prefix (e.g. \"198.51.100.1/28\")",
+                            r.value
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect();
+        let transparent_port = o
+            .int(d, "transparent_port", 1..=65535)
+            .map_or(DEFAULT_TRANSPARENT_PORT, |p| p.value as u16);
         o.finish(d);
         if let Some(lan_address) = lan_address {
             gateways.insert(
@@ -463,6 +506,9 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                     lan_address,
                     tunnel_port,
                     tz,
+                    insertion,
+                    routers,
+                    transparent_port,
                 },
             );
         }
@@ -618,6 +664,12 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
             |s| s.parse::<SocketAddr>().ok(),
         );
         let port = o.int(d, "port", 1..=65535);
+        let device_target = o.parsed(
+            d,
+            "device_target",
+            "an address with port (e.g. \"10.99.0.5:104\")",
+            |s| s.parse::<SocketAddr>().ok(),
+        );
         let transport = o
             .parsed(
                 d,
@@ -761,8 +813,14 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                 service: to,
             }
         };
+        let mut transparent = false;
         let listen = match (listen, &kind) {
-            (Some(l), _) => l,
+            (Some(l), _) => {
+                if let Some(t) = &device_target {
+                    d.error(&t.span, format!("{key}.device_target"), "device_target is for flows without listen, intercepted on a routed gateway; this flow's device is pointed at its listen address");
+                }
+                l
+            }
             // An inbound flow listens on the gateway's LAN address by default.
             (None, FlowKind::Inbound { device, port, .. }) => {
                 let lan = devices
@@ -778,9 +836,30 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                 d.error(&span, format!("{key}.listen"), format!("return flow \"{}\" needs listen = \"<ip:port>\": the address on the hub the server connects to", name.value));
                 continue;
             }
-            (None, FlowKind::Outbound { .. }) => {
-                d.error(&span, format!("{key}.listen"), format!("flow \"{}\" needs listen = \"<ip:port>\": the address the device is pointed at", name.value));
-                continue;
+            (None, FlowKind::Outbound { device, service }) => {
+                let gateway = devices
+                    .get(&device.value)
+                    .and_then(|dev: &Device| gateways.get(&dev.gateway.value));
+                match gateway {
+                    Some(g) if g.insertion != Insertion::Explicit => {
+                        // Intercepted where the device has always connected.
+                        let target = device_target.as_ref().map(|t| t.value).or_else(|| {
+                            services
+                                .get(&service.value)
+                                .map(|s: &Service| s.address.value)
+                        });
+                        let Some(target) = target else {
+                            continue; // the unknown service is reported in validation
+                        };
+                        transparent = true;
+                        Item::new(target, device_target.map_or(span.clone(), |t| t.span))
+                    }
+                    Some(g) => {
+                        d.error_help(&span, format!("{key}.listen"), format!("flow \"{}\" needs listen = \"<ip:port>\": the address the device is pointed at", name.value), Some(format!("or set insertion = \"routed\" on gateway \"{}\" to intercept the device's connections where they always went", g.name.value)));
+                        continue;
+                    }
+                    None => continue, // the unknown device is reported in validation
+                }
             }
         };
         flows.push(Flow {
@@ -788,6 +867,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
             name,
             kind,
             listen,
+            transparent,
             transport,
             idle_timeout,
             connect_timeout,

@@ -761,3 +761,89 @@ fn window_zone_defaults() {
     let e = one_error(&bad, "flows[3].window.tz");
     assert!(e.message.contains("IANA time zone"), "{e}");
 }
+
+/// The example with the edge routed: it holds the segments' routers and the
+/// CT's flow loses `listen`.
+fn routed_example() -> String {
+    EXAMPLE
+        .replace(
+            "lan_address = \"192.0.2.10\"\n",
+            "lan_address = \"192.0.2.10\"\ninsertion = \"routed\"\nrouters = [\"198.51.100.1/28\", \"198.51.100.17/28\", \"198.51.100.33/28\", \"198.51.100.49/28\"]\n",
+        )
+        .replace("listen = \"198.51.100.1:104\"     # the CT's configured PACS address\n", "")
+}
+
+/// A routed gateway intercepts a flow without `listen` at the service's
+/// address (or the flow's `device_target`): no listener is bound for it,
+/// the route is keyed by the original destination, and the transparent
+/// listener is on loopback; flows that keep `listen` stay explicit.
+#[test]
+fn routed_insertion_compiles_transparent_routes() {
+    let text = routed_example();
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    let ct: IpAddr = "198.51.100.2".parse().expect("ip");
+    let pacs: SocketAddr = "203.0.113.5:104".parse().expect("addr");
+    let f = edge
+        .route(ct, pacs)
+        .expect("the CT's own PACS address routes");
+    assert_eq!(f.name, "ct2-to-pacs");
+    assert!(edge.routes.iter().any(|r| r.dst == pacs && r.transparent));
+    assert!(!edge.listeners.iter().any(|l| l.addr == pacs));
+    assert_eq!(
+        edge.transparent_listener,
+        Some("127.0.0.1:15001".parse().expect("addr"))
+    );
+    assert!(
+        edge.routes
+            .iter()
+            .any(|r| r.flow == "pump1-to-hl7" && !r.transparent)
+    );
+    let nft = crate::nft::render_json(&edge);
+    assert!(nft.contains("\"tproxy\""), "{nft}");
+    // A device_target: the device's own view of its PACS.
+    let own = text.replace(
+        "to = \"pacs\"\n",
+        "to = \"pacs\"\ndevice_target = \"10.1.2.3:4104\"\n",
+    );
+    let (p, _) = load("p.toml", &own, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    assert!(
+        edge.route(ct, "10.1.2.3:4104".parse().expect("addr"))
+            .is_ok()
+    );
+    assert!(edge.route(ct, pacs).is_err());
+}
+
+/// Routed insertion is validated with spans: a routed gateway names its
+/// routers and every device sits behind one; routers on an explicit
+/// gateway, and a flow without `listen` on an explicit gateway, are errors
+/// that say what to do.
+#[test]
+fn routed_insertion_validation() {
+    let no_routers = routed_example().replace(
+        "routers = [\"198.51.100.1/28\", \"198.51.100.17/28\", \"198.51.100.33/28\", \"198.51.100.49/28\"]\n",
+        "",
+    );
+    let e = one_error(&no_routers, "gateways.edge-01.routers");
+    assert!(e.message.contains("router addresses"), "{e}");
+    let short = routed_example().replace(", \"198.51.100.49/28\"]", "]");
+    let e = one_error(&short, "devices.monitor-icu-3.ip");
+    assert!(e.message.contains("no segment"), "{e}");
+    let explicit = EXAMPLE.replace(
+        "lan_address = \"192.0.2.10\"\n",
+        "lan_address = \"192.0.2.10\"\nrouters = [\"198.51.100.1/28\"]\n",
+    );
+    one_error(&explicit, "gateways.edge-01.routers");
+    let no_listen = EXAMPLE.replace(
+        "listen = \"198.51.100.1:104\"     # the CT's configured PACS address\n",
+        "",
+    );
+    let e = one_error(&no_listen, "flows[0].listen");
+    assert!(
+        e.help
+            .as_deref()
+            .is_some_and(|h| h.contains("insertion = \"routed\"")),
+        "{e:?}"
+    );
+}

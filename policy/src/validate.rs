@@ -104,6 +104,42 @@ fn check_gateways(p: &Policy, d: &mut Diagnostics) {
                 );
             }
         }
+        check_routed(p, name, g, d);
+    }
+}
+
+/// A routed gateway names the router address of every segment its devices
+/// sit on; routers mean nothing to an explicit gateway.
+fn check_routed(p: &Policy, name: &str, g: &Gateway, d: &mut Diagnostics) {
+    let key = format!("gateways.{name}.routers");
+    match g.insertion {
+        Insertion::Explicit => {
+            if let Some(r) = g.routers.first() {
+                d.error(&r.span, key, "routers apply to insertion = \"routed\" only");
+            }
+        }
+        Insertion::Routed => {
+            if g.routers.is_empty() {
+                d.error(&g.name.span, key, format!("gateway \"{name}\" is routed: name the router addresses it holds on its device ports, e.g. routers = [\"198.51.100.1/28\"]"));
+            }
+            for dev in p.devices.values().filter(|dev| dev.gateway.value == name) {
+                let on_segment = g.routers.iter().any(|r| same_net(r.value, dev.ip.value));
+                if !on_segment && !g.routers.is_empty() {
+                    d.error(&dev.ip.span, format!("devices.{}.ip", dev.id.value), format!("{} is on no segment whose router gateway \"{name}\" holds (routers: {})", dev.ip.value, g.routers.iter().map(|r| format!("{}/{}", r.value.0, r.value.1)).collect::<Vec<_>>().join(", ")));
+                }
+            }
+        }
+    }
+}
+
+/// Whether `ip` lies in the network of `router` (address and prefix).
+fn same_net((router, prefix): (IpAddr, u8), ip: IpAddr) -> bool {
+    match (router, ip) {
+        (IpAddr::V4(r), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(r) & mask == u32::from(i) & mask && r != i
+        }
+        _ => false,
     }
 }
 

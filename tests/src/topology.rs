@@ -172,7 +172,8 @@ impl Hospital {
         })
     }
 
-    fn config(&self, name: &str, cert: &Issued, extra: &str) -> PathBuf {
+    /// Write gateway `name`'s configuration (its certificate, `extra` added).
+    pub fn config(&self, name: &str, cert: &Issued, extra: &str) -> PathBuf {
         let path = self.dir.join(&format!("{name}.toml"));
         let text = format!(
             "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\nwatch_interval = \"1s\"\n\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n\n[nft]\napply = true\n",
@@ -203,6 +204,38 @@ impl Hospital {
     pub fn start_edge(&self, extra: &str) -> Wardd {
         let cfg = self.config("edge-01", &self.edge_cert, extra);
         Wardd::start_in(self.edge.name(), &cfg, &self.dir.join("edge.log"))
+    }
+
+    /// Start the edge where the start must fail: its exit code and stderr.
+    /// Panics (after killing it) if it is still running after 15 s.
+    pub fn edge_start_fails(&self) -> (Option<i32>, String) {
+        let cfg = self.config("edge-01", &self.edge_cert, "");
+        let log = self.dir.join("edge-refused.log");
+        let mut child = cmd_in(&self.edge, binary("wardd"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn wardd");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (
+                    status.code(),
+                    std::fs::read_to_string(&log).unwrap_or_default(),
+                );
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "wardd started where it must refuse:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Rewrite the running policy with `edit` applied to the example.
@@ -277,15 +310,33 @@ pub fn mllp_send(h: &Hospital, ns: &Netns, host: &str, control: &str) -> String 
 
 /// A tcpdump capture of `iface` in `ns` into `file`, stopped on drop.
 pub fn capture(ns: &Netns, iface: &str, file: &std::path::Path) -> Bg {
-    let child = cmd_in(ns, "tcpdump")
-        .args(["-i", iface, "-U", "-s", "0", "-w"])
+    let mut child = cmd_in(ns, "tcpdump")
+        // --immediate-mode: packets reach the file as they arrive, not when
+        // a ring block retires (up to a second later): a capture stopped
+        // right after a short exchange would otherwise miss it.
+        .args(["-i", iface, "--immediate-mode", "-U", "-s", "0", "-w"])
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("tcpdump");
-    // tcpdump reports "listening on" once the capture runs.
-    std::thread::sleep(Duration::from_millis(1000));
+    // tcpdump reports "listening on" once the capture runs; on a busy
+    // machine that can take longer than a fixed pause would allow.
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("tcpdump on {iface} in {} did not start", ns.name()));
     Bg(child)
 }
 

@@ -44,6 +44,11 @@ pub struct Status {
     pub identity: String,
     /// `enforce` or `monitor`.
     pub mode: String,
+    /// How the gateway is inserted in front of its devices: `explicit`
+    /// (devices pointed at its listeners) or `routed` (it holds the device
+    /// segments' router addresses and intercepts flows without `listen`).
+    #[serde(default)]
+    pub insertion: String,
     /// Policy file.
     pub policy_file: String,
     /// Revision of the plan in force: a SHA-256 prefix of this gateway's
@@ -95,6 +100,11 @@ pub struct Device {
     pub interface: String,
     /// `enforce` or `monitor` (the gateway's mode applies to every device).
     pub mode: String,
+    /// How the device reaches its flows: `explicit` (pointed at the
+    /// gateway's listeners), `transparent` (its connections intercepted at
+    /// their original destinations, the device unchanged), or `mixed`.
+    #[serde(default)]
+    pub insertion: String,
     /// Quarantined now.
     pub quarantined: bool,
     /// Packets dropped (or, in monitor mode, that would have been).

@@ -200,7 +200,11 @@ impl Control {
     async fn apply(&self, plan: &Arc<Plan>) -> Result<(), ControlError> {
         if let Some(nft) = self.nft.clone() {
             let plan = plan.clone();
-            blocking(move || nft.apply_json(&ward_policy::nft::render_json(&plan))).await??;
+            blocking(move || {
+                nft.prepare_interception(&plan)?;
+                nft.apply_json(&ward_policy::nft::render_json(&plan))
+            })
+            .await??;
         }
         Ok(())
     }
@@ -262,7 +266,9 @@ impl Control {
             blocking(move || config::load(sources.config_file.as_deref(), &sources.overrides))
                 .await??;
         let old = self.plan();
-        if old.listeners != loaded.plan.listeners || old.tunnel_server != loaded.plan.tunnel_server
+        if old.listeners != loaded.plan.listeners
+            || old.tunnel_server != loaded.plan.tunnel_server
+            || old.transparent_listener != loaded.plan.transparent_listener
         {
             return Err(ControlError::ListenersChanged);
         }
@@ -393,6 +399,7 @@ impl Control {
             gateway: plan.gateway.clone(),
             identity: plan.identity.clone(),
             mode: plan.mode.to_string(),
+            insertion: plan.insertion.to_string(),
             policy_file: self.policy_file.clone(),
             revision: revision(&plan),
             policy_sha256,
@@ -460,6 +467,16 @@ impl Control {
                     mac: d.mac.to_string(),
                     interface: d.interface.clone(),
                     mode: plan.mode.to_string(),
+                    insertion: {
+                        let routes = plan.routes.iter().filter(|r| r.src == d.ip);
+                        let (t, e): (Vec<_>, Vec<_>) = routes.partition(|r| r.transparent);
+                        match (t.is_empty(), e.is_empty()) {
+                            (false, true) => "transparent",
+                            (false, false) => "mixed",
+                            _ => "explicit",
+                        }
+                        .to_owned()
+                    },
                     quarantined: d.quarantined,
                     drops: counters
                         .iter()

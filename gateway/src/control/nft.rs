@@ -34,23 +34,18 @@ pub enum ApplyError {
     /// `nft` printed something that is not the JSON asked for.
     #[error("nft output is not valid JSON: {0}")]
     BadOutput(serde_json::Error),
+    /// Routed insertion cannot intercept: the routing it needs could not be
+    /// installed, or the gateway does not hold a router address the policy
+    /// says it takes over.
+    #[error("routed insertion: {0}")]
+    Interception(String),
 }
 
-/// How to run `nft`: the program and any leading arguments, e.g.
-/// `ip netns exec NS nft` in tests.
-#[derive(Debug, Clone)]
+/// How to run `nft` (and `ip`, for interception routing): in this network
+/// namespace, or in another through `ip netns exec` (tests).
+#[derive(Debug, Clone, Default)]
 pub struct Nft {
-    program: OsString,
-    prefix: Vec<OsString>,
-}
-
-impl Default for Nft {
-    fn default() -> Self {
-        Nft {
-            program: "nft".into(),
-            prefix: Vec::new(),
-        }
-    }
+    netns: Option<OsString>,
 }
 
 /// Outcome of a successful apply.
@@ -64,15 +59,99 @@ impl Nft {
     /// Run `nft` inside network namespace `ns` (through `ip netns exec`).
     pub fn in_netns(ns: &str) -> Self {
         Nft {
-            program: "ip".into(),
-            prefix: vec!["netns".into(), "exec".into(), ns.into(), "nft".into()],
+            netns: Some(ns.into()),
+        }
+    }
+
+    fn command_for(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec"]).arg(ns).arg(program);
+                c
+            }
         }
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.program);
-        c.args(&self.prefix);
-        c
+        self.command_for("nft")
+    }
+
+    /// Run `ip args` (JSON output with `-j`), failing with its stderr.
+    fn ip(&self, args: &[&str]) -> Result<Vec<u8>, ApplyError> {
+        let out = self
+            .command_for("ip")
+            .args(args)
+            .output()
+            .map_err(|source| ApplyError::Spawn {
+                program: "ip".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ApplyError::Interception(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Before a plan with intercepted flows is applied: check that every
+    /// router address the policy takes over is on one of the device
+    /// interfaces, and install (once) the fwmark rule and the local route
+    /// that hand tproxied packets to the local stack. Nothing to do for a
+    /// plan without intercepted flows.
+    pub fn prepare_interception(&self, plan: &ward_policy::Plan) -> Result<(), ApplyError> {
+        if plan.transparent_listener.is_none() {
+            return Ok(());
+        }
+        let addrs: serde_json::Value =
+            serde_json::from_slice(&self.ip(&["-j", "-4", "addr", "show"])?)
+                .map_err(ApplyError::BadOutput)?;
+        let held = |ip: &str, prefix: u8| {
+            addrs.as_array().into_iter().flatten().any(|link| {
+                plan.device_interfaces
+                    .iter()
+                    .any(|i| link["ifname"].as_str() == Some(i.as_str()))
+                    && link["addr_info"].as_array().into_iter().flatten().any(|a| {
+                        a["local"].as_str() == Some(ip)
+                            && a["prefixlen"].as_u64() == Some(u64::from(prefix))
+                    })
+            })
+        };
+        for (ip, prefix) in &plan.routers {
+            if !held(&ip.to_string(), *prefix) {
+                return Err(ApplyError::Interception(format!(
+                    "router address {ip}/{prefix} is on none of the device interfaces ({}): the gateway must hold each segment's router address (ip addr add {ip}/{prefix} dev <port>), or the policy's `routers` is wrong",
+                    plan.device_interfaces.join(", ")
+                )));
+            }
+        }
+        let mark = format!("{:#x}", ward_policy::nft::TPROXY_MARK);
+        let table = ward_policy::nft::TPROXY_TABLE.to_string();
+        let rules: serde_json::Value =
+            serde_json::from_slice(&self.ip(&["-j", "-4", "rule", "show"])?)
+                .map_err(ApplyError::BadOutput)?;
+        let installed = rules.as_array().into_iter().flatten().any(|r| {
+            r["fwmark"].as_str() == Some(mark.as_str()) && r["table"].as_str() == Some(&table)
+        });
+        if !installed {
+            self.ip(&["-4", "rule", "add", "fwmark", &mark, "lookup", &table])?;
+        }
+        self.ip(&[
+            "-4",
+            "route",
+            "replace",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ])?;
+        Ok(())
     }
 
     /// Apply a JSON batch (`nft -j -f -`) as one transaction.
@@ -86,7 +165,7 @@ impl Nft {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| ApplyError::Spawn {
-                program: self.program.clone(),
+                program: "nft".into(),
                 source,
             })?;
         // nft reads all of stdin before it answers, so writing first cannot
@@ -99,7 +178,7 @@ impl Nft {
         let out = child
             .wait_with_output()
             .map_err(|source| ApplyError::Spawn {
-                program: self.program.clone(),
+                program: "nft".into(),
                 source,
             })?;
         if !out.status.success() {
@@ -109,7 +188,7 @@ impl Nft {
             });
         }
         write.map_err(|source| ApplyError::Spawn {
-            program: self.program.clone(),
+            program: "nft".into(),
             source,
         })?;
         Ok(Applied {
@@ -149,7 +228,7 @@ impl Nft {
             .args(args)
             .output()
             .map_err(|source| ApplyError::Spawn {
-                program: self.program.clone(),
+                program: "nft".into(),
                 source,
             })?;
         if !out.status.success() {

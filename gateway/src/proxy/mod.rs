@@ -59,6 +59,27 @@ async fn bind_tcp(addr: SocketAddr, what: &'static str) -> Result<TcpListener, B
         .map_err(|source| BindError { addr, what, source })
 }
 
+/// The transparent listener of a routed gateway: loopback, `IP_TRANSPARENT`
+/// (set before `bind`), so the tproxy rules can hand it connections to any
+/// address; each accepted connection's local address is the destination the
+/// device asked for. Needs CAP_NET_ADMIN.
+fn bind_transparent(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let what = "transparent";
+    let err = |source| BindError { addr, what, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_ip_transparent_v4(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}
+
 impl Listeners {
     /// Bind every listener `plan` names, and the tunnel server (TLS on TCP,
     /// QUIC on UDP) when it has one. `reset_key` keys QUIC stateless resets.
@@ -82,6 +103,9 @@ impl Listeners {
                     l.outbound.push(bind_tcp(listener.addr, "outbound").await?)
                 }
             }
+        }
+        if let Some(addr) = plan.transparent_listener {
+            l.outbound.push(bind_transparent(addr)?);
         }
         if let Some(addr) = plan.tunnel_server {
             l.tunnel_tcp = Some(bind_tcp(addr, "tunnel (tls)").await?);
