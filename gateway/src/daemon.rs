@@ -261,7 +261,7 @@ impl Gateway {
         })
     }
 
-    /// Every bound address with what it is (`outbound`, `access`,
+    /// Every bound address with what it is (`outbound`, `transparent`, `access`,
     /// `tunnel-tls`, `tunnel-quic`, `admin`, `metrics`).
     pub fn addrs(&self) -> &[(String, String)] {
         &self.addrs

@@ -260,6 +260,21 @@ impl Hospital {
     }
 }
 
+/// The example policy with the edge inserted routed: it holds the device
+/// segments' router addresses (as it does in this topology), and the
+/// outbound flows lose `listen`: each device's connections are intercepted
+/// where they always went, the servers' real addresses.
+pub fn routed_policy(example: String) -> String {
+    example
+        .replace(
+            "device_interfaces = [\"dev0\", \"dev1\", \"dev2\", \"dev3\"]\n",
+            "device_interfaces = [\"dev0\", \"dev1\", \"dev2\", \"dev3\"]\ninsertion = \"routed\"\nrouters = [\"198.51.100.1/28\", \"198.51.100.17/28\", \"198.51.100.33/28\", \"198.51.100.49/28\"]\n",
+        )
+        .replace("listen = \"198.51.100.1:104\"     # the CT's configured PACS address\n", "")
+        .replace("listen = \"198.51.100.17:2575\"\n", "")
+        .replace("listen = \"198.51.100.33:2575\"\n", "")
+}
+
 const MLLP_SERVER: &str = r#"
 import asyncio, sys
 from hl7.mllp import start_hl7_server

@@ -14,21 +14,8 @@ use std::time::Duration;
 use ward_tests::harness::TempDir;
 use ward_tests::peers::{dataset, make_dicom};
 use ward_tests::topology::{
-    Hospital, capture, cmd_in, hl7_engine, mllp_send, storescp_in, storescu_in,
+    Hospital, capture, cmd_in, hl7_engine, mllp_send, routed_policy, storescp_in, storescu_in,
 };
-
-/// The example policy with the edge inserted routed: it holds the device
-/// segments' router addresses, and the outbound flows lose `listen`.
-fn routed(policy: String) -> String {
-    policy
-        .replace(
-            "device_interfaces = [\"dev0\", \"dev1\", \"dev2\", \"dev3\"]\n",
-            "device_interfaces = [\"dev0\", \"dev1\", \"dev2\", \"dev3\"]\ninsertion = \"routed\"\nrouters = [\"198.51.100.1/28\", \"198.51.100.17/28\", \"198.51.100.33/28\", \"198.51.100.49/28\"]\n",
-        )
-        .replace("listen = \"198.51.100.1:104\"     # the CT's configured PACS address\n", "")
-        .replace("listen = \"198.51.100.17:2575\"\n", "")
-        .replace("listen = \"198.51.100.33:2575\"\n", "")
-}
 
 /// Packets in a capture file matching a tcpdump filter.
 fn packets(h: &Hospital, pcap: &std::path::Path, filter: &str) -> usize {
@@ -81,13 +68,13 @@ fn routed_insertion_with_unchanged_devices() {
 
     // A routed policy naming a router address the gateway does not hold is
     // refused at start, naming the address.
-    h.edit_policy(|p| routed(p).replace("198.51.100.49/28", "198.51.100.60/28"));
+    h.edit_policy(|p| routed_policy(p).replace("198.51.100.49/28", "198.51.100.60/28"));
     let (code, log) = h.edge_start_fails();
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("router address 198.51.100.60/28"), "{log}");
 
     // Ward goes in: same router addresses, the policy's edge routed.
-    h.edit_policy(routed);
+    h.edit_policy(routed_policy);
     let _hub = h.start_hub();
     let edge = h.start_edge("");
     let lan_pcap = h.dir.join("lan.pcap");

@@ -48,6 +48,9 @@ pub struct BindError {
 /// Every socket of the data path, bound, nothing served yet.
 pub struct Listeners {
     outbound: Vec<TcpListener>,
+    /// Routed insertion: intercepted connections (an outbound leg whose
+    /// local address is the original destination).
+    transparent: Option<TcpListener>,
     access: Vec<TcpListener>,
     tunnel_tcp: Option<TcpListener>,
     tunnel_quic: Option<quinn::Endpoint>,
@@ -90,6 +93,7 @@ impl Listeners {
     ) -> Result<Listeners, BindError> {
         let mut l = Listeners {
             outbound: Vec::new(),
+            transparent: None,
             access: Vec::new(),
             tunnel_tcp: None,
             tunnel_quic: None,
@@ -105,7 +109,7 @@ impl Listeners {
             }
         }
         if let Some(addr) = plan.transparent_listener {
-            l.outbound.push(bind_transparent(addr)?);
+            l.transparent = Some(bind_transparent(addr)?);
         }
         if let Some(addr) = plan.tunnel_server {
             l.tunnel_tcp = Some(bind_tcp(addr, "tunnel (tls)").await?);
@@ -128,6 +132,11 @@ impl Listeners {
             .iter()
             .filter_map(|l| tcp("outbound", l))
             .collect();
+        v.extend(
+            self.transparent
+                .iter()
+                .filter_map(|l| tcp("transparent", l)),
+        );
         v.extend(self.access.iter().filter_map(|l| tcp("access", l)));
         v.extend(self.tunnel_tcp.iter().filter_map(|l| tcp("tunnel-tls", l)));
         if let Some(e) = &self.tunnel_quic {
@@ -152,7 +161,7 @@ impl Listeners {
             shutdown: shutdown.clone(),
             cut: cut.clone(),
         };
-        for l in self.outbound {
+        for l in self.outbound.into_iter().chain(self.transparent) {
             spawn_tcp_accept(&ctx, l, Leg::Outbound);
         }
         for l in self.access {

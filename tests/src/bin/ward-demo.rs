@@ -199,6 +199,61 @@ fn main() {
         );
     }
 
+    step(
+        "7. transparent insertion: edge-01 takes over as the devices' router (routed), the CT unchanged",
+    );
+    let ct_config = || {
+        let addr =
+            h.ct.exec(&["ip", "-br", "-4", "addr", "show", "eth0"])
+                .stdout;
+        let route = h.ct.exec(&["ip", "route"]).stdout;
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&addr),
+            String::from_utf8_lossy(&route)
+        )
+    };
+    let before = ct_config();
+    println!("    the CT's network configuration (its PACS is 203.0.113.5:104, the real address):");
+    for l in before.lines() {
+        println!("      {l}");
+    }
+    drop(edge);
+    h.edit_policy(ward_tests::topology::routed_policy);
+    println!(
+        "    policy: edge-01 insertion = \"routed\", routers = the device segments' router addresses; the flows lose `listen`"
+    );
+    let edge = h.start_edge("");
+    for l in log_lines(&edge.log(), "wardd ready") {
+        println!(
+            "    edge-01: {}",
+            l.find("wardd ready").map_or(l.as_str(), |i| &l[i..])
+        );
+    }
+    let sent = storescu_in(&h.ct, "203.0.113.5", 104, &study, &[]);
+    check(
+        sent.status.success(),
+        "storescu 203.0.113.5 104 from the unchanged CT: stored through the QUIC tunnel",
+        &mut failures,
+    );
+    let ack = mllp_send(&h, &h.pump1, "203.0.113.6", "DEMO0002");
+    check(
+        ack.contains("MSA|AA|DEMO0002"),
+        "mllp_send 203.0.113.6 from the unchanged pump: ACK through the TCP tunnel",
+        &mut failures,
+    );
+    check(
+        ct_config() == before,
+        "the CT's configuration after: unchanged",
+        &mut failures,
+    );
+    for l in log_lines(&edge.log(), "far end connected") {
+        println!(
+            "      {}",
+            l.find("tunnel{").map_or(l.as_str(), |i| &l[i..])
+        );
+    }
+
     step("done");
     if failures > 0 {
         println!(
