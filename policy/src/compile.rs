@@ -67,6 +67,10 @@ pub struct Plan {
     /// Loopback address of the transparent listener, when some flow is
     /// intercepted (its connections' local address is the original destination).
     pub transparent_listener: Option<SocketAddr>,
+    /// Bridge insertion: the bridge in the cable.
+    pub bridge: Option<Bridge>,
+    /// This gateway's address on the hospital LAN.
+    pub lan_address: IpAddr,
 }
 
 /// The three legs of a connection through a gateway (DESIGN §3.1). One
@@ -757,6 +761,8 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
         insertion: gw.insertion,
         routers: gw.routers.iter().map(|r| r.value).collect(),
         transparent_listener,
+        bridge: gw.bridge.as_ref().map(|b| b.value.clone()),
+        lan_address: gw.lan_address.value,
     };
     Ok(plan)
 }

@@ -103,8 +103,24 @@ pub struct Gateway {
     /// Routed insertion: the router addresses (with prefix) the gateway
     /// holds on its device ports, each the default router of a device segment.
     pub routers: Vec<Item<(IpAddr, u8)>>,
-    /// Loopback port of the transparent listener (routed insertion).
+    /// Loopback port of the transparent listener (routed and bridge insertion).
     pub transparent_port: u16,
+    /// Bridge insertion: the bridge the gateway puts in the cable.
+    pub bridge: Option<Item<Bridge>>,
+}
+
+/// A bump-in-the-wire bridge: the device ports (`device_interfaces`) and
+/// one uplink towards the segment's real router, bridged by the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bridge {
+    /// The bridge interface (created by the system, e.g. systemd-networkd).
+    pub name: String,
+    /// The port towards the LAN and the segment's real router.
+    pub uplink: String,
+    /// The bridge's MAC address: diverted frames are addressed to it.
+    pub mac: Mac,
+    /// The real router's MAC: what the devices expect replies to come from.
+    pub router_mac: Mac,
 }
 
 /// How a gateway is inserted in front of its devices.
@@ -116,6 +132,10 @@ pub enum Insertion {
     /// The gateway holds the device segments' router addresses; devices keep
     /// connecting to the addresses they always used, intercepted by tproxy.
     Routed,
+    /// The gateway bridges each device port with an uplink to the real
+    /// router (bump in the wire): nothing on the segment changes; flows are
+    /// diverted from the bridge to tproxy, everything else is dropped.
+    Bridge,
 }
 
 impl fmt::Display for Insertion {
@@ -123,6 +143,7 @@ impl fmt::Display for Insertion {
         f.write_str(match self {
             Insertion::Explicit => "explicit",
             Insertion::Routed => "routed",
+            Insertion::Bridge => "bridge",
         })
     }
 }

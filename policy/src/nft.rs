@@ -166,6 +166,12 @@ fn drop() -> S {
 /// to the local stack (the transparent listener).
 pub const TPROXY_MARK: u32 = 0x5741_0001;
 
+/// Mark of frames a bridge diverts to the local stack. Distinct from
+/// [`TPROXY_MARK`]: a diverted frame no transparent socket takes (wardd
+/// stopped) is routed as it is, to the forward chain, and dropped there
+/// without an answer, instead of reaching the local stack.
+pub const BRIDGE_MARK: u32 = 0x5741_0002;
+
 /// Routing table of intercepted connections (see [`TPROXY_MARK`]).
 pub const TPROXY_TABLE: u32 = 22337;
 
@@ -176,6 +182,7 @@ pub fn drop_chain(id: &str) -> String {
 
 struct Batch {
     objects: Vec<NfObject<'static>>,
+    family: NfFamily,
 }
 
 impl Batch {
@@ -189,7 +196,7 @@ impl Batch {
             None => (None, None, None),
         };
         self.add(NfListObject::Chain(Chain {
-            family: NfFamily::INet,
+            family: self.family,
             table: TABLE.into(),
             name: Cow::Owned(name.to_owned()),
             _type: base.map(|_| NfChainType::Filter),
@@ -202,7 +209,7 @@ impl Batch {
 
     fn rule(&mut self, chain: &str, comment: Option<&str>, expr: Vec<S>) {
         self.add(NfListObject::Rule(Rule {
-            family: NfFamily::INet,
+            family: self.family,
             table: TABLE.into(),
             chain: Cow::Owned(chain.to_owned()),
             expr: expr.into(),
@@ -214,7 +221,7 @@ impl Batch {
 
     fn set(&mut self, name: &str, set_type: SetTypeValue<'static>, elem: Vec<E>) {
         self.add(NfListObject::Set(Box::new(Set {
-            family: NfFamily::INet,
+            family: self.family,
             table: TABLE.into(),
             name: Cow::Owned(name.to_owned()),
             handle: None,
@@ -231,7 +238,7 @@ impl Batch {
 
     fn counter(&mut self, name: &str) {
         self.add(NfListObject::Counter(CounterObj {
-            family: NfFamily::INet,
+            family: self.family,
             table: TABLE.into(),
             name: Cow::Owned(name.to_owned()),
             handle: None,
@@ -246,6 +253,7 @@ impl Batch {
 pub fn render(plan: &Plan) -> Nftables<'static> {
     let mut b = Batch {
         objects: Vec::new(),
+        family: NfFamily::INet,
     };
     let table = || {
         NfListObject::Table(Table {
@@ -265,8 +273,13 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
         Mode::Monitor => accept(),
     };
     let devices: Vec<_> = plan.devices.values().collect();
-    let ifaces = (!plan.device_interfaces.is_empty())
-        .then(|| one_or_set(plan.device_interfaces.iter().map(s).collect()));
+    // Bridged frames never reach the inet hooks (br_netfilter is off); what
+    // the bridge diverts to the local stack arrives on the bridge interface.
+    let ifaces = match &plan.bridge {
+        Some(br) => Some(s(br.name.clone())),
+        None => (!plan.device_interfaces.is_empty())
+            .then(|| one_or_set(plan.device_interfaces.iter().map(s).collect())),
+    };
     let iif = |ifaces: &E| is(meta(MetaKey::Iifname), ifaces.clone());
     let oif = |ifaces: &E| is(meta(MetaKey::Oifname), ifaces.clone());
     let by_ip: Vec<(E, String)> = devices
@@ -312,7 +325,7 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
     b.set(
         "identity4",
         SetTypeValue::Concatenated(vec![SetType::EtherAddr, SetType::Ipv4Addr].into()),
-        identity,
+        identity.clone(),
     );
     b.set(
         "listen4",
@@ -434,22 +447,29 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
             b.rule(
                 "intercept",
                 Some(&format!("flow {}", r.flow)),
-                vec![
-                    iif(ifs),
-                    is(field("ip", "saddr"), s(r.src.to_string())),
-                    is(field("ip", "daddr"), s(r.dst.ip().to_string())),
-                    is(field("tcp", "dport"), E::Number(u32::from(r.dst.port()))),
-                    Statement::TProxy(TProxy {
-                        family: Some("ip".into()),
-                        port: listener.port(),
-                        addr: Some(listener.ip().to_string().into()),
-                    }),
-                    Statement::Mangle(Mangle {
-                        key: meta(MetaKey::Mark),
-                        value: E::Number(TPROXY_MARK),
-                    }),
-                    accept(),
-                ],
+                [iif(ifs)]
+                    .into_iter()
+                    .chain(
+                        plan.bridge
+                            .as_ref()
+                            .map(|_| is(meta(MetaKey::Mark), E::Number(BRIDGE_MARK))),
+                    )
+                    .chain([
+                        is(field("ip", "saddr"), s(r.src.to_string())),
+                        is(field("ip", "daddr"), s(r.dst.ip().to_string())),
+                        is(field("tcp", "dport"), E::Number(u32::from(r.dst.port()))),
+                        Statement::TProxy(TProxy {
+                            family: Some("ip".into()),
+                            port: listener.port(),
+                            addr: Some(listener.ip().to_string().into()),
+                        }),
+                        Statement::Mangle(Mangle {
+                            key: meta(MetaKey::Mark),
+                            value: E::Number(TPROXY_MARK),
+                        }),
+                        accept(),
+                    ])
+                    .collect(),
             );
         }
     }
@@ -530,14 +550,7 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
             let ExceptionTarget::Net { addr, prefix } = e.to else {
                 continue;
             };
-            let dst = if (addr.is_ipv4() && prefix == 32) || prefix == 128 {
-                s(addr.to_string())
-            } else {
-                Expression::Named(NamedExpression::Prefix(nftables::expr::Prefix {
-                    addr: Box::new(s(addr.to_string())),
-                    len: u32::from(prefix),
-                }))
-            };
+            let dst = prefix_expr(addr, prefix);
             let mut expr = vec![
                 iif(ifs),
                 is(
@@ -590,8 +603,291 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
         vec![quarantine_dst(), counter(), drop()],
     );
 
+    render_bridge(plan, &mut b.objects, &verdict, &identity);
+
     Nftables {
         objects: b.objects.into(),
+    }
+}
+
+/// Table `bridge ward`, replaced in the same transaction as `inet ward`
+/// (and removed when the plan has no bridge). Recipe C1 and D of
+/// `shared/notes/transparent-insertion.md`: on the device ports, only
+/// (MAC . address) pairs of the policy pass, for IPv4 and ARP alike, every
+/// other ethertype is dropped; each intercepted flow's frames, and frames to
+/// the gateway's own address, are diverted to the local stack (addressed to
+/// the bridge, marked); nothing else from a device crosses the bridge and
+/// nothing reaches a device through it but ARP and the raw exceptions;
+/// frames the gateway sends to a device carry the real router's MAC.
+fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S, identity: &[E]) {
+    let mut b = Batch {
+        objects: Vec::new(),
+        family: NfFamily::Bridge,
+    };
+    let table = || {
+        NfListObject::Table(Table {
+            family: NfFamily::Bridge,
+            name: TABLE.into(),
+            handle: None,
+        })
+    };
+    b.add(table());
+    b.objects.push(NfObject::CmdObject(NfCmd::Delete(table())));
+    let Some(br) = &plan.bridge else {
+        objects.extend(b.objects);
+        return;
+    };
+    b.add(table());
+    let devices: Vec<_> = plan.devices.values().collect();
+    let ports = one_or_set(plan.device_interfaces.iter().map(s).collect());
+    let iif = || is(meta(MetaKey::Iifname), ports.clone());
+    let oif = || is(meta(MetaKey::Oifname), ports.clone());
+    let by_mac: Vec<(E, String)> = devices
+        .iter()
+        .map(|d| (s(d.mac.to_string()), drop_chain(&d.id)))
+        .collect();
+    let pair = |l2: E, l3: E| {
+        is(
+            Expression::Named(NamedExpression::Concat(vec![l2, l3])),
+            s("@identity"),
+        )
+    };
+    b.set(
+        "identity",
+        SetTypeValue::Concatenated(vec![SetType::EtherAddr, SetType::Ipv4Addr].into()),
+        identity.to_vec(),
+    );
+    b.set(
+        "quarantine_mac",
+        SetTypeValue::Single(SetType::EtherAddr),
+        devices
+            .iter()
+            .filter(|d| d.quarantined)
+            .map(|d| s(d.mac.to_string()))
+            .collect(),
+    );
+    for d in &devices {
+        b.counter(&d.counter);
+    }
+    b.counter(UNKNOWN_COUNTER);
+    b.chain(
+        "prerouting",
+        Some((NfHook::Prerouting, -300, NfChainPolicy::Accept)),
+    );
+    b.chain("forward", Some((NfHook::Forward, 0, NfChainPolicy::Accept)));
+    b.chain("input", Some((NfHook::Input, 0, NfChainPolicy::Accept)));
+    b.chain("output", Some((NfHook::Output, 0, NfChainPolicy::Accept)));
+    for d in &devices {
+        b.chain(&drop_chain(&d.id), None);
+        drop_rules(&mut b, &drop_chain(&d.id), &d.counter, &d.id, verdict);
+    }
+    b.chain("drop_unknown", None);
+    drop_rules(&mut b, "drop_unknown", UNKNOWN_COUNTER, "unknown", verdict);
+    let by_source = |b: &mut Batch, chain: &str, comment: &str| {
+        if !devices.is_empty() {
+            b.rule(
+                chain,
+                Some(comment),
+                vec![iif(), vmap(field("ether", "saddr"), by_mac.clone())],
+            );
+        }
+        b.rule(
+            chain,
+            Some(comment),
+            vec![iif(), goto("drop_unknown".to_owned())],
+        );
+    };
+
+    // prerouting: quarantine, then the L2/L3 identity of every frame.
+    b.rule(
+        "prerouting",
+        Some("quarantine"),
+        vec![
+            is(field("ether", "saddr"), s("@quarantine_mac")),
+            counter(),
+            drop(),
+        ],
+    );
+    b.rule(
+        "prerouting",
+        Some("ARP only with the device's own pair"),
+        vec![
+            iif(),
+            is(field("ether", "type"), s("arp")),
+            pair(field("ether", "saddr"), field("arp", "saddr ip")),
+            pair(field("arp", "saddr ether"), field("arp", "saddr ip")),
+            accept(),
+        ],
+    );
+    let divert = || {
+        [
+            Statement::Mangle(Mangle {
+                key: meta(MetaKey::Pkttype),
+                value: s("host"),
+            }),
+            Statement::Mangle(Mangle {
+                key: field("ether", "daddr"),
+                value: s(br.mac.to_string()),
+            }),
+            Statement::Mangle(Mangle {
+                key: meta(MetaKey::Mark),
+                value: E::Number(BRIDGE_MARK),
+            }),
+            accept(),
+        ]
+    };
+    for r in plan.routes.iter().filter(|r| r.transparent) {
+        let Some(d) = devices.iter().find(|d| d.ip == r.src) else {
+            continue;
+        };
+        b.rule(
+            "prerouting",
+            Some(&format!("divert flow {}", r.flow)),
+            [
+                iif(),
+                is(field("ether", "saddr"), s(d.mac.to_string())),
+                is(field("ip", "saddr"), s(r.src.to_string())),
+                is(field("ip", "daddr"), s(r.dst.ip().to_string())),
+                is(field("tcp", "dport"), E::Number(u32::from(r.dst.port()))),
+            ]
+            .into_iter()
+            .chain(divert())
+            .collect(),
+        );
+    }
+    b.rule(
+        "prerouting",
+        Some("to the gateway itself (inbound access, exceptions): its inet rules decide"),
+        [
+            iif(),
+            pair(field("ether", "saddr"), field("ip", "saddr")),
+            is(field("ip", "daddr"), s(plan.lan_address.to_string())),
+        ]
+        .into_iter()
+        .chain(divert())
+        .collect(),
+    );
+    b.rule(
+        "prerouting",
+        Some("IPv4 with the device's own pair: the forward chain decides"),
+        vec![
+            iif(),
+            is(field("ether", "type"), s("ip")),
+            pair(field("ether", "saddr"), field("ip", "saddr")),
+            accept(),
+        ],
+    );
+    by_source(&mut b, "prerouting", "spoofed, or not IPv4 or ARP");
+
+    // forward: nothing from a device crosses the bridge but ARP and the raw
+    // exceptions; nothing reaches a device but ARP and their answers.
+    b.rule(
+        "forward",
+        Some("ARP (checked in prerouting)"),
+        vec![iif(), is(field("ether", "type"), s("arp")), accept()],
+    );
+    for e in plan
+        .exceptions
+        .iter()
+        .filter(|e| e.to != ExceptionTarget::Gateway)
+    {
+        let ExceptionTarget::Net { addr, prefix } = e.to else {
+            continue;
+        };
+        let sources: Vec<E> = e.sources.iter().map(|ip| s(ip.to_string())).collect();
+        let to = prefix_expr(addr, prefix);
+        let mut out = vec![iif(), is(field("ip", "saddr"), one_or_set(sources.clone()))];
+        out.push(is(field("ip", "daddr"), to.clone()));
+        out.extend(proto_match(e));
+        out.push(accept());
+        b.rule("forward", Some(&format!("exception {}", e.name)), out);
+        let mut back = vec![oif(), is(field("ip", "saddr"), to)];
+        back.push(is(field("ip", "daddr"), one_or_set(sources)));
+        back.extend(reply_match(e));
+        back.push(accept());
+        b.rule(
+            "forward",
+            Some(&format!("exception {} (answers)", e.name)),
+            back,
+        );
+    }
+    by_source(
+        &mut b,
+        "forward",
+        "device to the network: only tunnels leave",
+    );
+    b.rule(
+        "forward",
+        Some("ARP to devices"),
+        vec![oif(), is(field("ether", "type"), s("arp")), accept()],
+    );
+    if !devices.is_empty() {
+        b.rule(
+            "forward",
+            Some("network to device: only tunnels arrive"),
+            vec![oif(), vmap(field("ether", "daddr"), by_mac.clone())],
+        );
+    }
+    b.rule(
+        "forward",
+        Some("network to device: only tunnels arrive"),
+        vec![oif(), counter(), drop()],
+    );
+
+    // input: the diverted frames, and ARP; the rest is already accounted for.
+    b.rule(
+        "input",
+        Some("diverted"),
+        vec![
+            iif(),
+            is(meta(MetaKey::Mark), E::Number(BRIDGE_MARK)),
+            accept(),
+        ],
+    );
+    b.rule(
+        "input",
+        Some("ARP"),
+        vec![iif(), is(field("ether", "type"), s("arp")), accept()],
+    );
+    b.rule("input", None, vec![iif(), drop()]);
+
+    // output: to a device, the gateway looks like the real router.
+    b.rule(
+        "output",
+        Some("stealth: the real router's MAC"),
+        vec![
+            oif(),
+            is(field("ether", "type"), s("ip")),
+            Statement::Mangle(Mangle {
+                key: field("ether", "saddr"),
+                value: s(br.router_mac.to_string()),
+            }),
+        ],
+    );
+    objects.extend(b.objects);
+}
+
+/// An address or a prefix, as nft matches it.
+fn prefix_expr(addr: IpAddr, prefix: u8) -> E {
+    let full = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix == full {
+        s(addr.to_string())
+    } else {
+        E::Named(NamedExpression::Prefix(nftables::expr::Prefix {
+            addr: Box::new(s(addr.to_string())),
+            len: u32::from(prefix),
+        }))
+    }
+}
+
+/// The answer direction of an exception's protocol and port.
+fn reply_match(e: &ExceptionPlan) -> Vec<S> {
+    match (e.protocol, e.port) {
+        (L4::Icmp, _) => vec![is(meta(MetaKey::L4proto), s("icmp"))],
+        (L4::Tcp, Some(p)) => vec![is(field("tcp", "sport"), Expression::Number(u32::from(p)))],
+        (L4::Udp, Some(p)) => vec![is(field("udp", "sport"), Expression::Number(u32::from(p)))],
+        (L4::Tcp, None) => vec![is(meta(MetaKey::L4proto), s("tcp"))],
+        (L4::Udp, None) => vec![is(meta(MetaKey::L4proto), s("udp"))],
     }
 }
 

@@ -467,10 +467,11 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
             .parsed(
                 d,
                 "insertion",
-                "an insertion mode (\"explicit\" or \"routed\"; \"bridge\" is not available yet)",
+                "an insertion mode (\"explicit\", \"routed\" or \"bridge\")",
                 |s| match s {
                     "explicit" => Some(Insertion::Explicit),
                     "routed" => Some(Insertion::Routed),
+                    "bridge" => Some(Insertion::Bridge),
                     _ => None,
                 },
             )
@@ -496,6 +497,24 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
         let transparent_port = o
             .int(d, "transparent_port", 1..=65535)
             .map_or(DEFAULT_TRANSPARENT_PORT, |p| p.value as u16);
+        let bridge = o.table(d, "bridge").and_then(|mut b| {
+            let span = b.span.clone();
+            let name = b.req_string(d, "name");
+            let uplink = b.req_string(d, "uplink");
+            let mac = b.req_parsed(d, "mac", "a MAC address", |s| s.parse::<Mac>().ok());
+            let router_mac =
+                b.req_parsed(d, "router_mac", "a MAC address", |s| s.parse::<Mac>().ok());
+            b.finish(d);
+            Some(Item::new(
+                Bridge {
+                    name: name?.value,
+                    uplink: uplink?.value,
+                    mac: mac?.value,
+                    router_mac: router_mac?.value,
+                },
+                span,
+            ))
+        });
         o.finish(d);
         if let Some(lan_address) = lan_address {
             gateways.insert(
@@ -509,6 +528,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                     insertion,
                     routers,
                     transparent_port,
+                    bridge,
                 },
             );
         }

@@ -112,10 +112,38 @@ fn check_gateways(p: &Policy, d: &mut Diagnostics) {
 /// sit on; routers mean nothing to an explicit gateway.
 fn check_routed(p: &Policy, name: &str, g: &Gateway, d: &mut Diagnostics) {
     let key = format!("gateways.{name}.routers");
+    let bridge_key = format!("gateways.{name}.bridge");
+    if g.insertion != Insertion::Bridge
+        && let Some(b) = &g.bridge
+    {
+        d.error(
+            &b.span,
+            bridge_key.clone(),
+            "bridge applies to insertion = \"bridge\" only",
+        );
+    }
     match g.insertion {
-        Insertion::Explicit => {
+        Insertion::Explicit | Insertion::Bridge => {
             if let Some(r) = g.routers.first() {
                 d.error(&r.span, key, "routers apply to insertion = \"routed\" only");
+            }
+            if g.insertion == Insertion::Bridge {
+                match &g.bridge {
+                    None => d.error(&g.name.span, bridge_key, format!("gateway \"{name}\" is a bridge: name it, its uplink and MACs: bridge = {{ name = \"br0\", uplink = \"up0\", mac = \"02:..\", router_mac = \"..\" }}")),
+                    Some(b) => {
+                        for (what, ifname) in [("name", &b.name), ("uplink", &b.uplink)] {
+                            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', '"']) {
+                                d.error(&b.span, format!("{bridge_key}.{what}"), format!("\"{ifname}\" is not a valid Linux interface name"));
+                            }
+                            if g.device_interfaces.iter().any(|i| &i.value == ifname) {
+                                d.error(&b.span, format!("{bridge_key}.{what}"), format!("\"{ifname}\" is also a device interface; the bridge joins the device ports and one uplink"));
+                            }
+                        }
+                        if g.device_interfaces.is_empty() {
+                            d.error(&b.span, bridge_key, "a bridge needs device ports (device_interfaces) besides its uplink");
+                        }
+                    }
+                }
             }
         }
         Insertion::Routed => {

@@ -55,7 +55,8 @@ pub struct Hospital {
     hub_cert: Issued,
 }
 
-fn ip(ns: &Netns, args: &str) {
+/// Run `ip ARGS` in `ns` (split on whitespace); panics on failure.
+pub fn ip(ns: &Netns, args: &str) {
     let argv: Vec<&str> = std::iter::once("ip")
         .chain(args.split_whitespace())
         .collect();
@@ -63,7 +64,7 @@ fn ip(ns: &Netns, args: &str) {
 }
 
 /// Connect `a:a_if` and `b:b_if` with a veth pair.
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     let out = Command::new("ip")
         .args([
             "link",
@@ -275,7 +276,8 @@ pub fn routed_policy(example: String) -> String {
         .replace("listen = \"198.51.100.33:2575\"\n", "")
 }
 
-const MLLP_SERVER: &str = r#"
+/// An MLLP server answering ACKs (the `hl7` package); argv: address, port.
+pub const MLLP_SERVER: &str = r#"
 import asyncio, sys
 from hl7.mllp import start_hl7_server
 async def process(reader, writer):

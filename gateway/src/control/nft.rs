@@ -98,15 +98,114 @@ impl Nft {
         Ok(out.stdout)
     }
 
-    /// Before a plan with intercepted flows is applied: check that every
-    /// router address the policy takes over is on one of the device
-    /// interfaces, and install (once) the fwmark rule and the local route
-    /// that hand tproxied packets to the local stack. Nothing to do for a
-    /// plan without intercepted flows.
+    /// Before a plan is applied: prepare what its insertion needs, or say
+    /// why it cannot work. Routed: every router address the policy takes
+    /// over is on a device interface. Bridge: `br_netfilter` does not pass
+    /// bridged frames to the IP hooks (with it on, tproxy on a bridge lets the
+    /// device's frame through to the real server: fail open), the bridge
+    /// exists with the policy's MAC and ports, IPv6 is off on it, and each
+    /// device has a static neighbour entry and a host route on it (the
+    /// gateway never ARPs for a device). Both: the fwmark rule and local
+    /// route that hand tproxied packets to the local stack (added once).
+    /// Nothing to do for a plan without intercepted flows.
     pub fn prepare_interception(&self, plan: &ward_policy::Plan) -> Result<(), ApplyError> {
+        if let Some(br) = &plan.bridge {
+            self.prepare_bridge(plan, br)?;
+        }
         if plan.transparent_listener.is_none() {
             return Ok(());
         }
+        self.check_routers(plan)?;
+        self.install_tproxy_routing()
+    }
+
+    fn sysctl(&self, key: &str) -> Option<String> {
+        let out = self.command_for("sysctl").args(["-n", key]).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn prepare_bridge(
+        &self,
+        plan: &ward_policy::Plan,
+        br: &ward_policy::model::Bridge,
+    ) -> Result<(), ApplyError> {
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let key = format!("net.bridge.bridge-nf-call-{table}");
+            // Absent: br_netfilter is not loaded, bridged frames stay bridged.
+            if let Some(v) = self.sysctl(&key)
+                && v != "0"
+            {
+                return Err(ApplyError::Interception(format!(
+                    "bridge insertion needs {key} = 0 (it is {v}): with it on, the IP hooks see bridged frames and a tproxied frame is still bridged to the real server, failing open; set it (sysctl -w {key}=0, as the appliance image does) and start again"
+                )));
+            }
+        }
+        let json = |args: &[&str]| -> Result<serde_json::Value, ApplyError> {
+            serde_json::from_slice(&self.ip(args)?).map_err(ApplyError::BadOutput)
+        };
+        let link = json(&["-j", "link", "show", "dev", &br.name]).map_err(|_| {
+            ApplyError::Interception(format!(
+                "bridge {} does not exist: create it with the device ports and uplink as its ports (the appliance's systemd-networkd does)",
+                br.name
+            ))
+        })?;
+        let mac = link[0]["address"].as_str().unwrap_or_default().to_owned();
+        if mac != br.mac.to_string() {
+            return Err(ApplyError::Interception(format!(
+                "bridge {} has MAC {mac}, the policy says {}: diverted frames are addressed to the policy's",
+                br.name, br.mac
+            )));
+        }
+        let ports = json(&["-j", "link", "show", "master", &br.name])?;
+        let has = |port: &str| {
+            ports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["ifname"].as_str() == Some(port))
+        };
+        for port in plan.device_interfaces.iter().chain([&br.uplink]) {
+            if !has(port) {
+                return Err(ApplyError::Interception(format!(
+                    "{port} is not a port of bridge {}",
+                    br.name
+                )));
+            }
+        }
+        let _ = self
+            .command_for("sysctl")
+            .args(["-qw", &format!("net.ipv6.conf.{}.disable_ipv6=1", br.name)])
+            .output();
+        let lan = plan.lan_address.to_string();
+        for d in plan.devices.values() {
+            let ip = d.ip.to_string();
+            self.ip(&[
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &d.mac.to_string(),
+                "dev",
+                &br.name,
+                "nud",
+                "permanent",
+            ])?;
+            self.ip(&[
+                "route",
+                "replace",
+                &format!("{ip}/32"),
+                "dev",
+                &br.name,
+                "src",
+                &lan,
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn check_routers(&self, plan: &ward_policy::Plan) -> Result<(), ApplyError> {
         let addrs: serde_json::Value =
             serde_json::from_slice(&self.ip(&["-j", "-4", "addr", "show"])?)
                 .map_err(ApplyError::BadOutput)?;
@@ -129,6 +228,10 @@ impl Nft {
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn install_tproxy_routing(&self) -> Result<(), ApplyError> {
         let mark = format!("{:#x}", ward_policy::nft::TPROXY_MARK);
         let table = ward_policy::nft::TPROXY_TABLE.to_string();
         let rules: serde_json::Value =
@@ -201,24 +304,40 @@ impl Nft {
         self.list(&["list", "table", "inet", ward_policy::nft::TABLE])
     }
 
-    /// `nft -j list counters table inet ward`: per-device drop counters.
+    /// Per-device drop counters: `nft -j list counters` of table `inet ward`,
+    /// plus table `bridge ward` when there is one (bridge insertion drops
+    /// spoofed and lateral frames at layer 2), summed by name.
     pub fn list_counters(&self) -> Result<Vec<CounterValue>, ApplyError> {
-        let Some(v) = self.list(&["list", "counters", "table", "inet", ward_policy::nft::TABLE])?
-        else {
-            return Ok(Vec::new());
-        };
-        let items = v["nftables"].as_array().cloned().unwrap_or_default();
-        Ok(items
-            .iter()
-            .filter_map(|o| {
-                let c = o.get("counter")?;
-                Some(CounterValue {
-                    name: c["name"].as_str()?.to_owned(),
-                    packets: c["packets"].as_u64().unwrap_or(0),
-                    bytes: c["bytes"].as_u64().unwrap_or(0),
-                })
-            })
-            .collect())
+        let mut all: Vec<CounterValue> = Vec::new();
+        for family in ["inet", "bridge"] {
+            let Some(v) =
+                self.list(&["list", "counters", "table", family, ward_policy::nft::TABLE])?
+            else {
+                continue;
+            };
+            for o in v["nftables"].as_array().into_iter().flatten() {
+                let Some(c) = o.get("counter") else { continue };
+                let Some(name) = c["name"].as_str() else {
+                    continue;
+                };
+                let (packets, bytes) = (
+                    c["packets"].as_u64().unwrap_or(0),
+                    c["bytes"].as_u64().unwrap_or(0),
+                );
+                match all.iter_mut().find(|x| x.name == name) {
+                    Some(x) => {
+                        x.packets += packets;
+                        x.bytes += bytes;
+                    }
+                    None => all.push(CounterValue {
+                        name: name.to_owned(),
+                        packets,
+                        bytes,
+                    }),
+                }
+            }
+        }
+        Ok(all)
     }
 
     fn list(&self, args: &[&str]) -> Result<Option<serde_json::Value>, ApplyError> {

@@ -1,0 +1,458 @@
+//! Transparent insertion, bridge (bump in the wire): a device segment with
+//! a CT scanner and an infusion pump behind their router, set up before any
+//! gateway exists. First the devices reach the PACS and the HL7 engine
+//! directly (the positive control). Then the cable is split: the devices'
+//! ports move to the edge gateway, which bridges them with an uplink to the
+//! same router port, and Ward takes the flows; the same commands with the
+//! same arguments, no change in the device namespaces, go through the
+//! tunnels (QUIC for the CT, TCP for the pump); no IPv4 frame of a device
+//! reaches the router's side, lateral traffic is dropped and counted, and a
+//! SIGKILL fails closed. `wardd` refuses to start while br_netfilter would
+//! hand bridged frames to the IP hooks (the configuration that fails open).
+//! Needs root; skips elsewhere, fails under CI=true.
+//!
+//! ```text
+//!  ct   10.20.0.17 ─┐                         ┌ rtr seg 10.20.0.1 ─ lan0 192.0.2.1 ┐
+//!  pump 10.20.0.18 ─┤ (before: rtr's ports)   │                                    ├ lan ─ hub ─ srv (PACS .5, HL7 .6)
+//!                   └ edge dev0/dev1 ═ br-ward ═ up0 ┘        edge lan0 192.0.2.10 ┘
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ward_pki::Kind;
+use ward_tests::harness::{TempDir, TestCa, Wardd, binary};
+use ward_tests::netns::Netns;
+use ward_tests::peers::{dataset, make_dicom};
+use ward_tests::topology::{Bg, capture, cmd_in, ip, storescp_in, storescu_in, veth};
+
+const POLICY: &str = r#"version = 1
+trust_domain = "st-mary.example"
+
+[gateways.edge-br]
+device_interfaces = ["dev0", "dev1"]
+lan_address = "192.0.2.10"
+insertion = "bridge"
+bridge = { name = "br-ward", uplink = "up0", mac = "02:00:00:00:00:fe", router_mac = "02:00:00:00:01:01" }
+
+[gateways.hub-dc-01]
+lan_address = "192.0.2.20"
+
+[devices.ct]
+gateway = "edge-br"
+interface = "dev0"
+ip = "10.20.0.17"
+mac = "02:00:00:00:00:17"
+
+[devices.pump]
+gateway = "edge-br"
+interface = "dev1"
+ip = "10.20.0.18"
+mac = "02:00:00:00:00:18"
+
+[services.pacs]
+address = "203.0.113.5:104"
+via = "hub-dc-01"
+protocol = "dicom"
+
+[services.hl7-engine]
+address = "203.0.113.6:2575"
+via = "hub-dc-01"
+protocol = "hl7"
+
+[[flows]]
+name = "ct-to-pacs"
+from = "ct"
+to = "pacs"
+transport = "quic"
+
+[[flows]]
+name = "pump-to-hl7"
+from = "pump"
+to = "hl7-engine"
+"#;
+
+struct Segment {
+    dir: TempDir,
+    ca: TestCa,
+    certs: Vec<ward_pki::Issued>,
+    ct: Netns,
+    pump: Netns,
+    rtr: Netns,
+    lan: Netns,
+    edge: Netns,
+    hub: Netns,
+    srv: Netns,
+}
+
+impl Segment {
+    /// The segment as it is before any gateway: devices on the router's
+    /// bridge, the router on the LAN, the hub routing to the servers.
+    fn build() -> Option<Segment> {
+        let ns = |t: &str| Netns::new(&format!("br-{t}")).ok();
+        let (ct, pump, rtr, lan, edge, hub, srv) = (
+            ns("ct")?,
+            ns("pump")?,
+            ns("rtr")?,
+            ns("lan")?,
+            ns("edge")?,
+            ns("hub")?,
+            ns("srv")?,
+        );
+        ip(&rtr, "link add seg type bridge");
+        ip(&rtr, "link set seg address 02:00:00:00:01:01");
+        ip(&rtr, "link set seg up");
+        ip(&rtr, "addr add 10.20.0.1/24 dev seg");
+        for (dev, port, addr, mac) in [
+            (&ct, "to-ct", "10.20.0.17/24", "02:00:00:00:00:17"),
+            (&pump, "to-pump", "10.20.0.18/24", "02:00:00:00:00:18"),
+        ] {
+            veth(dev, "eth0", &rtr, port);
+            ip(dev, &format!("link set eth0 address {mac}"));
+            ip(dev, &format!("addr add {addr} dev eth0"));
+            ip(dev, "route add default via 10.20.0.1");
+            dev.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            ip(&rtr, &format!("link set {port} master seg"));
+        }
+        ip(&lan, "link add br0 type bridge");
+        ip(&lan, "link set br0 up");
+        for (gw, port, addr) in [
+            (&rtr, "to-rtr", "192.0.2.1/24"),
+            (&edge, "to-edge", "192.0.2.10/24"),
+            (&hub, "to-hub", "192.0.2.20/24"),
+        ] {
+            veth(gw, "lan0", &lan, port);
+            ip(&lan, &format!("link set {port} master br0"));
+            ip(gw, &format!("addr add {addr} dev lan0"));
+        }
+        ip(&lan, "addr add 192.0.2.50/24 dev br0");
+        veth(&hub, "srv0", &srv, "eth0");
+        ip(&hub, "addr add 203.0.113.1/24 dev srv0");
+        ip(&srv, "addr add 203.0.113.5/24 dev eth0");
+        ip(&srv, "addr add 203.0.113.6/24 dev eth0");
+        ip(&srv, "route add default via 203.0.113.1");
+        ip(&rtr, "route add 203.0.113.0/24 via 192.0.2.20");
+        ip(&hub, "route add 10.20.0.0/24 via 192.0.2.1");
+        for r in [&rtr, &hub] {
+            r.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
+        let dir = TempDir::new("bridge");
+        let mut ca = TestCa::new(&dir, "st-mary.example");
+        let certs = vec![
+            ca.issue(Kind::Gateway, "edge-br"),
+            ca.issue(Kind::Gateway, "hub-dc-01"),
+        ];
+        std::fs::write(dir.join("policy.toml"), POLICY).expect("policy");
+        Some(Segment {
+            dir,
+            ca,
+            certs,
+            ct,
+            pump,
+            rtr,
+            lan,
+            edge,
+            hub,
+            srv,
+        })
+    }
+
+    /// Split the cable: the devices' ports move from the router to the
+    /// gateway, which bridges them with a new uplink to the router's bridge.
+    /// The router's address and MAC stay; the devices are not touched.
+    fn insert_bridge(&self) {
+        for (port, dev_port) in [("to-ct", "dev0"), ("to-pump", "dev1")] {
+            ip(
+                &self.rtr,
+                &format!("link set {port} netns {}", self.edge.name()),
+            );
+            ip(&self.edge, &format!("link set {port} name {dev_port}"));
+        }
+        veth(&self.edge, "up0", &self.rtr, "to-edge");
+        ip(&self.rtr, "link set to-edge master seg");
+        ip(&self.edge, "link add br-ward type bridge");
+        ip(&self.edge, "link set br-ward address 02:00:00:00:00:fe");
+        for port in ["dev0", "dev1", "up0"] {
+            ip(&self.edge, &format!("link set {port} master br-ward"));
+            ip(&self.edge, &format!("link set {port} up"));
+        }
+        ip(&self.edge, "link set br-ward up");
+    }
+
+    /// Write gateway `name`'s configuration.
+    fn config(&self, name: &str) -> PathBuf {
+        let cert = self
+            .certs
+            .iter()
+            .find(|c| c.name == name)
+            .expect("a gateway certificate");
+        let cfg = self.dir.join(&format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "gateway = \"{name}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n[limits]\nhandshake_timeout = \"5s\"\ndrain_timeout = \"2s\"\n[nft]\napply = true\n",
+                self.dir.join("policy.toml").display(),
+                self.dir.join(&format!("state-{name}")).display(),
+                self.dir.join(&format!("{name}.sock")).display(),
+                self.ca.ca.cert_path().display(),
+                cert.cert.display(),
+                cert.key.display(),
+                self.ca.ca.crl_path().display(),
+            ),
+        )
+        .expect("config");
+        cfg
+    }
+
+    /// Start gateway `name` in `ns` (killed on drop).
+    fn start(&self, name: &str, ns: &Netns) -> Wardd {
+        let cfg = self.config(name);
+        Wardd::start_in(ns.name(), &cfg, &self.dir.join(&format!("{name}.log")))
+    }
+
+    /// Start gateway `name` in `ns` where it must refuse: exit code and log.
+    fn start_fails(&self, name: &str, ns: &Netns) -> (Option<i32>, String) {
+        let cfg = self.config(name);
+        let log = self.dir.join(&format!("{name}-refused.log"));
+        let mut child = cmd_in(ns, binary("wardd"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("wardd");
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (
+                    status.code(),
+                    std::fs::read_to_string(&log).unwrap_or_default(),
+                );
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "wardd started where it must refuse:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn packets(s: &Segment, pcap: &std::path::Path, filter: &str) -> usize {
+    let out = cmd_in(&s.lan, "tcpdump")
+        .args(["-nn", "-r"])
+        .arg(pcap)
+        .arg(filter)
+        .output()
+        .expect("tcpdump -r");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn mllp(s: &Segment, control: &str) -> String {
+    let file = s.dir.join(&format!("{control}.hl7"));
+    std::fs::write(
+        &file,
+        format!("\x0b{}\x1c\r", ward_tests::peers::hl7_message(control)),
+    )
+    .expect("message");
+    let out = cmd_in(&s.pump, "mllp_send")
+        .args(["--port", "2575", "--file"])
+        .arg(&file)
+        .arg("203.0.113.6")
+        .output()
+        .expect("mllp_send");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn bridge_insertion_with_unchanged_devices() {
+    let Some(s) = Segment::build() else {
+        return;
+    };
+    let data = TempDir::new("bridge-data");
+    let study = make_dicom(&data, 128);
+    let out = data.join("pacs");
+    let _pacs = storescp_in(&s.srv, 104, &out, &["+uf"]);
+    let script = s.dir.join("mllp_server.py");
+    std::fs::write(&script, ward_tests::topology::MLLP_SERVER).expect("script");
+    let _engine = Bg(cmd_in(&s.srv, "python3")
+        .arg(&script)
+        .args(["203.0.113.6", "2575"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3"));
+    ward_tests::topology::wait_listen(&s.srv, 2575);
+    let device_view = |n: &Netns| {
+        (
+            n.exec(&["ip", "-br", "addr"]).stdout,
+            n.exec(&["ip", "route"]).stdout,
+        )
+    };
+    let before = (device_view(&s.ct), device_view(&s.pump));
+
+    // Positive control: straight through the router.
+    let direct = storescu_in(&s.ct, "203.0.113.5", 104, &study, &[]);
+    assert!(
+        direct.status.success(),
+        "positive control: {}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    let ack = mllp(&s, "DIRECT01");
+    assert!(ack.contains("MSA|AA|DIRECT01"), "positive control: {ack:?}");
+
+    // The cable is split and bridged. The bridge alone is transparent: the
+    // same store crosses it in the clear, and the capture on the router's
+    // side of the bridge sees the CT's packets (this capture's positive control).
+    s.insert_bridge();
+    let plain_pcap = s.dir.join("uplink-plain.pcap");
+    let cap = capture(&s.rtr, "to-edge", &plain_pcap);
+    let plain = storescu_in(&s.ct, "203.0.113.5", 104, &study, &[]);
+    assert!(
+        plain.status.success(),
+        "through the plain bridge: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(cap);
+    assert!(
+        packets(&s, &plain_pcap, "ip and net 10.20.0.0/24") > 10,
+        "the capture on the router's side missed the CT's packets"
+    );
+    // Ward takes over; the hub goes first (its forward chain ends the
+    // direct path to the servers).
+    let _hub = s.start("hub-dc-01", &s.hub);
+    // With br_netfilter handing bridged frames to the IP hooks, refuse.
+    let on = s
+        .edge
+        .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    if on.status.success() {
+        let (code, log) = s.start_fails("edge-br", &s.edge);
+        assert_eq!(code, Some(1), "{log}");
+        assert!(log.contains("bridge-nf-call-iptables = 0"), "{log}");
+    }
+    for t in ["iptables", "ip6tables", "arptables"] {
+        let _ = s
+            .edge
+            .exec(&["sysctl", "-qw", &format!("net.bridge.bridge-nf-call-{t}=0")]);
+    }
+    let edge = s.start("edge-br", &s.edge);
+
+    let uplink_pcap = s.dir.join("uplink.pcap");
+    let cap = capture(&s.rtr, "to-edge", &uplink_pcap);
+    let port_pcap = s.dir.join("dev0.pcap");
+    let port_cap = capture(&s.edge, "dev0", &port_pcap);
+    let sent = storescu_in(&s.ct, "203.0.113.5", 104, &study, &[]);
+    assert!(
+        sent.status.success(),
+        "the unchanged CT through the bridge and the QUIC tunnel: {}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        edge.log()
+    );
+    let ack = mllp(&s, "BRIDGE01");
+    assert!(
+        ack.contains("MSA|AA|BRIDGE01"),
+        "the unchanged pump through the TCP tunnel: {ack:?}\n{}",
+        edge.log()
+    );
+    // Lateral: the CT to the pump, dropped on the bridge.
+    assert!(
+        !s.ct
+            .exec(&["ping", "-c1", "-W1", "10.20.0.18"])
+            .status
+            .success(),
+        "CT reached the pump"
+    );
+    // A LAN host directly (SMB), dropped.
+    assert!(
+        !s.ct
+            .exec(&["nc", "-z", "-w2", "192.0.2.50", "445"])
+            .status
+            .success(),
+        "CT reached a LAN host"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(cap);
+    drop(port_cap);
+    assert!(
+        edge.log().contains("ct-to-pacs") && edge.log().contains("pump-to-hl7"),
+        "the connections did not go through the flows:\n{}",
+        edge.log()
+    );
+    // Stealth: on the CT's port, the answers came from the router's MAC;
+    // the bridge's own MAC never showed, not even in an ARP request.
+    assert!(
+        packets(
+            &s,
+            &port_pcap,
+            "ip and src 203.0.113.5 and ether src 02:00:00:00:01:01"
+        ) > 5,
+        "the PACS's answers did not carry the router's MAC"
+    );
+    assert_eq!(
+        packets(&s, &port_pcap, "ether src 02:00:00:00:00:fe"),
+        0,
+        "the bridge's own MAC reached the device"
+    );
+    assert_eq!(
+        (device_view(&s.ct), device_view(&s.pump)),
+        before,
+        "a device's configuration changed"
+    );
+    let files = std::fs::read_dir(&out).expect("pacs dir").count();
+    assert_eq!(files, 3, "the direct, the plain-bridge and the Ward store");
+    for f in std::fs::read_dir(&out)
+        .expect("pacs dir")
+        .filter_map(|e| e.ok())
+    {
+        assert!(
+            dataset(&study) == dataset(&f.path()),
+            "stored study differs"
+        );
+    }
+    // The router's side of the bridge saw ARP, nothing IPv4 of a device.
+    assert_eq!(
+        packets(&s, &uplink_pcap, "ip and net 10.20.0.0/24"),
+        0,
+        "IPv4 from or to a device crossed the bridge"
+    );
+    let nft = ward_gateway::control::nft::Nft::in_netns(s.edge.name());
+    let drops = |id: &str| {
+        nft.list_counters()
+            .expect("counters")
+            .into_iter()
+            .find(|c| c.name == format!("dev_{id}"))
+            .map_or(0, |c| c.packets)
+    };
+    assert!(
+        drops("ct") > 0,
+        "the CT's lateral and LAN attempts were not counted"
+    );
+
+    // wardd killed: the CT's flow gets no answer and nothing crosses.
+    let mut edge = edge;
+    edge.signal("KILL");
+    edge.wait_exit(Duration::from_secs(5));
+    let dead_pcap = s.dir.join("uplink-dead.pcap");
+    let cap = capture(&s.rtr, "to-edge", &dead_pcap);
+    let refused = storescu_in(&s.ct, "203.0.113.5", 104, &study, &[]);
+    assert!(
+        !refused.status.success(),
+        "the CT reached the PACS with wardd killed"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(cap);
+    assert_eq!(
+        packets(&s, &dead_pcap, "ip and net 10.20.0.0/24"),
+        0,
+        "with wardd killed, a device's IPv4 crossed the bridge"
+    );
+}
