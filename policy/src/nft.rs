@@ -683,12 +683,36 @@ fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S,
     }
     b.chain("drop_unknown", None);
     drop_rules(&mut b, "drop_unknown", UNKNOWN_COUNTER, "unknown", verdict);
+    let by_ip: Vec<(E, String)> = devices
+        .iter()
+        .map(|d| (s(d.ip.to_string()), drop_chain(&d.id)))
+        .collect();
+    // Counted against the device the frame claims to be: its MAC's, else
+    // (a known address from an unknown MAC) its address's.
     let by_source = |b: &mut Batch, chain: &str, comment: &str| {
         if !devices.is_empty() {
             b.rule(
                 chain,
                 Some(comment),
                 vec![iif(), vmap(field("ether", "saddr"), by_mac.clone())],
+            );
+            b.rule(
+                chain,
+                Some(comment),
+                vec![
+                    iif(),
+                    is(field("ether", "type"), s("ip")),
+                    vmap(field("ip", "saddr"), by_ip.clone()),
+                ],
+            );
+            b.rule(
+                chain,
+                Some(comment),
+                vec![
+                    iif(),
+                    is(field("ether", "type"), s("arp")),
+                    vmap(field("arp", "saddr ip"), by_ip.clone()),
+                ],
             );
         }
         b.rule(

@@ -363,7 +363,26 @@ fn bridge_insertion_with_unchanged_devices() {
         "the unchanged pump through the TCP tunnel: {ack:?}\n{}",
         edge.log()
     );
-    // Lateral: the CT to the pump, dropped on the bridge.
+    // What the bridge refuses, each counted against the CT.
+    let nft = ward_gateway::control::nft::Nft::in_netns(s.edge.name());
+    let drops = |id: &str| {
+        nft.list_counters()
+            .expect("counters")
+            .into_iter()
+            .find(|c| c.name == format!("dev_{id}"))
+            .map_or(0, |c| c.packets)
+    };
+    let mut last = drops("ct");
+    let mut rose = |what: &str| {
+        let start = std::time::Instant::now();
+        let mut now = drops("ct");
+        while now <= last && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(50));
+            now = drops("ct");
+        }
+        assert!(now > last, "{what}: dev_ct did not rise ({last} -> {now})");
+        last = now;
+    };
     assert!(
         !s.ct
             .exec(&["ping", "-c1", "-W1", "10.20.0.18"])
@@ -371,13 +390,50 @@ fn bridge_insertion_with_unchanged_devices() {
             .success(),
         "CT reached the pump"
     );
-    // A LAN host directly (SMB), dropped.
+    rose("lateral");
     assert!(
         !s.ct
             .exec(&["nc", "-z", "-w2", "192.0.2.50", "445"])
             .status
             .success(),
         "CT reached a LAN host"
+    );
+    rose("direct tcp to the LAN");
+    assert!(
+        !s.ct
+            .exec(&["ping", "-c1", "-W1", "10.20.0.1"])
+            .status
+            .success(),
+        "CT pinged the router"
+    );
+    rose("icmp to the router");
+    // Spoofed source address (the pump's): its ARP and IPv4 both dropped.
+    ip(&s.ct, "addr add 10.20.0.18/32 dev eth0");
+    let _ =
+        s.ct.exec(&["ping", "-c1", "-W1", "-I", "10.20.0.18", "203.0.113.5"]);
+    rose("spoofed address");
+    ip(&s.ct, "addr del 10.20.0.18/32 dev eth0");
+    // Spoofed MAC with the CT's own address, to its own flow.
+    ip(&s.ct, "link set eth0 address 02:00:00:00:00:99");
+    assert!(
+        !s.ct
+            .exec(&["nc", "-z", "-w2", "203.0.113.5", "104"])
+            .status
+            .success(),
+        "the CT's flow answered a foreign MAC"
+    );
+    rose("spoofed MAC");
+    ip(&s.ct, "link set eth0 address 02:00:00:00:00:17");
+    // IPv6 (not part of any flow): dropped at the port.
+    s.ct.run(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]);
+    let _ = s.ct.exec(&["ping", "-6", "-c1", "-W1", "ff02::1%eth0"]);
+    s.ct.run(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
+    rose("IPv6");
+    assert!(
+        s.ct.exec(&["nc", "-z", "-w2", "203.0.113.5", "104"])
+            .status
+            .success(),
+        "the CT's own flow is unreachable after the spoofing checks"
     );
     std::thread::sleep(Duration::from_millis(300));
     drop(cap);
@@ -424,19 +480,6 @@ fn bridge_insertion_with_unchanged_devices() {
         0,
         "IPv4 from or to a device crossed the bridge"
     );
-    let nft = ward_gateway::control::nft::Nft::in_netns(s.edge.name());
-    let drops = |id: &str| {
-        nft.list_counters()
-            .expect("counters")
-            .into_iter()
-            .find(|c| c.name == format!("dev_{id}"))
-            .map_or(0, |c| c.packets)
-    };
-    assert!(
-        drops("ct") > 0,
-        "the CT's lateral and LAN attempts were not counted"
-    );
-
     // wardd killed: the CT's flow gets no answer and nothing crosses.
     let mut edge = edge;
     edge.signal("KILL");
