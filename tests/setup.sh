@@ -14,6 +14,7 @@ packages=(
   stunnel4
   openssl
   tcpdump
+  nmap
   python3-pip
   systemd
   rsyslog

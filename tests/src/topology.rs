@@ -419,6 +419,47 @@ pub fn storescu_in(ns: &Netns, host: &str, port: u16, file: &Path, extra: &[&str
         .expect("run storescu")
 }
 
+/// What an nmap scan from `ns` finds open: `addr:port/proto` of each open
+/// port among `ports` on `targets` (nmap syntax), TCP connect scan or UDP
+/// probes. Filtered (dropped) ports are not listed; neither are UDP ports
+/// that stay silent (nmap's open|filtered).
+pub fn nmap_open(ns: &Netns, targets: &[&str], ports: &str, udp: bool) -> Vec<String> {
+    let out = cmd_in(ns, "nmap")
+        .args([
+            "-n",
+            "-Pn",
+            "-T4",
+            "--max-retries",
+            "0",
+            "--host-timeout",
+            "60s",
+        ])
+        .arg(if udp { "-sU" } else { "-sT" })
+        .args(["-p", ports, "--open", "-oG", "-"])
+        .args(targets)
+        .output()
+        .expect("nmap (apt install nmap)");
+    assert!(
+        out.status.success(),
+        "nmap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut open = Vec::new();
+    for line in text.lines().filter(|l| l.contains("Ports:")) {
+        let host = line.split_whitespace().nth(1).unwrap_or("?");
+        let ports = line.split("Ports:").nth(1).unwrap_or("");
+        for p in ports.split(',') {
+            let f: Vec<&str> = p.trim().split('/').collect();
+            if f.len() > 2 && f[1] == "open" {
+                open.push(format!("{host}:{}/{}", f[0], f[2]));
+            }
+        }
+    }
+    open.sort();
+    open
+}
+
 /// Whether `ns` can ping `addr` (one packet, one second).
 pub fn pings(ns: &Netns, addr: &str) -> bool {
     ns.exec(&["ping", "-c1", "-W1", addr]).status.success()

@@ -140,6 +140,26 @@ fn routed_insertion_with_unchanged_devices() {
         );
     }
 
+    // From the CT, a TCP connect scan and UDP probes of the LAN and the
+    // server range find its flow and nothing else.
+    let tcp = ward_tests::topology::nmap_open(
+        &h.ct,
+        &["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"],
+        "22,80,104,135,139,443,445,2575,3389,4433,8080",
+        false,
+    );
+    assert_eq!(tcp, ["203.0.113.5:104/tcp"], "TCP scan from the CT");
+    let udp = ward_tests::topology::nmap_open(
+        &h.ct,
+        &["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"],
+        "53,67,69,123,161,514,4433",
+        true,
+    );
+    assert!(
+        udp.is_empty(),
+        "UDP probes from the CT got answers: {udp:?}"
+    );
+
     // The admin view says how the gateway and each device are inserted.
     let wardctl = |args: &[&str]| {
         let out = std::process::Command::new(ward_tests::harness::binary("wardctl"))
