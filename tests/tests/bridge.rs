@@ -70,6 +70,14 @@ transport = "quic"
 name = "pump-to-hl7"
 from = "pump"
 to = "hl7-engine"
+
+[clients.vendor]
+
+[[flows]]
+name = "vendor-pump"
+from = "vendor"
+to = "pump"
+port = 24105
 "#;
 
 struct Segment {
@@ -126,6 +134,8 @@ impl Segment {
             ip(gw, &format!("addr add {addr} dev lan0"));
         }
         ip(&lan, "addr add 192.0.2.50/24 dev br0");
+        // LAN hosts reach the device segment through its router.
+        ip(&lan, "route add 10.20.0.0/24 via 192.0.2.1");
         veth(&hub, "srv0", &srv, "eth0");
         ip(&hub, "addr add 203.0.113.1/24 dev srv0");
         ip(&srv, "addr add 203.0.113.5/24 dev eth0");
@@ -141,6 +151,7 @@ impl Segment {
         let certs = vec![
             ca.issue(Kind::Gateway, "edge-br"),
             ca.issue(Kind::Gateway, "hub-dc-01"),
+            ca.issue(Kind::Client, "vendor"),
         ];
         std::fs::write(dir.join("policy.toml"), POLICY).expect("policy");
         Some(Segment {
@@ -299,7 +310,16 @@ fn bridge_insertion_with_unchanged_devices() {
     };
     let before = (device_view(&s.ct), device_view(&s.pump));
 
-    // Positive control: straight through the router.
+    // Positive control: straight through the router, and the LAN reaches
+    // a device port (the pump's maintenance port) the same way.
+    let maint = data.join("pump-maintenance");
+    let _pump_port = storescp_in(&s.pump, 24105, &maint, &[]);
+    assert!(
+        storescu_in(&s.lan, "10.20.0.18", 24105, &study, &[])
+            .status
+            .success(),
+        "positive control: the LAN does not reach the pump's port"
+    );
     let direct = storescu_in(&s.ct, "203.0.113.5", 104, &study, &[]);
     assert!(
         direct.status.success(),
@@ -480,6 +500,32 @@ fn bridge_insertion_with_unchanged_devices() {
         0,
         "IPv4 from or to a device crossed the bridge"
     );
+    // The vendor's inbound maintenance flow reaches the pump's port through
+    // the bridge (the gateway connects it with the router's MAC; the answers
+    // are diverted back to it).
+    let vendor = s.certs.iter().find(|c| c.name == "vendor").expect("vendor");
+    let tls = [
+        "--enable-tls".to_owned(),
+        vendor.key.display().to_string(),
+        vendor.cert.display().to_string(),
+        "--add-cert-file".to_owned(),
+        s.ca.ca.cert_path().display().to_string(),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let serviced = storescu_in(&s.lan, "192.0.2.10", 24105, &study, &tls);
+    assert!(
+        serviced.status.success(),
+        "the vendor's inbound flow to the pump: {}\n{}",
+        String::from_utf8_lossy(&serviced.stderr),
+        edge.log()
+    );
+    assert!(
+        !storescu_in(&s.lan, "10.20.0.18", 24105, &study, &[])
+            .status
+            .success(),
+        "the LAN reached the pump directly"
+    );
+
     // From the CT, a TCP connect scan and UDP probes of the LAN and the
     // server range find its flow and nothing else.
     let tcp = ward_tests::topology::nmap_open(
