@@ -565,3 +565,117 @@ fn bridge_insertion_with_unchanged_devices() {
         "with wardd killed, a device's IPv4 crossed the bridge"
     );
 }
+
+/// On the bridge, monitor mode passes what enforce drops and counts it;
+/// after a reload to enforce it is dropped; a quarantine cuts the CT's
+/// held association and its new ones, a release restores them.
+#[test]
+fn bridge_monitor_mode_and_quarantine() {
+    let Some(s) = Segment::build() else {
+        return;
+    };
+    let policy = s.dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        POLICY.replace(
+            "trust_domain = \"st-mary.example\"\n",
+            "trust_domain = \"st-mary.example\"\nmode = \"monitor\"\n",
+        ),
+    )
+    .expect("policy");
+    let data = TempDir::new("bridge-mq-data");
+    let _pacs = storescp_in(&s.srv, 104, &data.join("pacs"), &[]);
+    s.insert_bridge();
+    for t in ["iptables", "ip6tables", "arptables"] {
+        let _ = s
+            .edge
+            .exec(&["sysctl", "-qw", &format!("net.bridge.bridge-nf-call-{t}=0")]);
+    }
+    let _hub = s.start("hub-dc-01", &s.hub);
+    let mut edge = s.start("edge-br", &s.edge);
+    let nft = ward_gateway::control::nft::Nft::in_netns(s.edge.name());
+    let drops = || {
+        nft.list_counters()
+            .expect("counters")
+            .into_iter()
+            .find(|c| c.name == "dev_ct")
+            .map_or(0, |c| c.packets)
+    };
+    let lateral = || {
+        s.ct.exec(&["ping", "-c1", "-W1", "10.20.0.18"])
+            .status
+            .success()
+    };
+    let before = drops();
+    assert!(lateral(), "monitor mode dropped lateral ICMP on the bridge");
+    assert!(
+        drops() > before,
+        "monitor mode did not count the lateral ICMP"
+    );
+    std::fs::write(&policy, POLICY).expect("policy");
+    edge.signal("HUP");
+    edge.wait_log("reload applied", Duration::from_secs(10));
+    assert!(!lateral(), "enforce mode passed lateral ICMP on the bridge");
+
+    let log = s.dir.join("echoscu.log");
+    let file_log = std::fs::File::create(&log).expect("log");
+    let assoc = Bg(cmd_in(&s.ct, ward_tests::peers::dcmtk("echoscu"))
+        .args(["-v", "-aec", "PACS", "--repeat", "100000000", "-td", "2"])
+        .args(["203.0.113.5", "104"])
+        .stdout(file_log.try_clone().expect("clone"))
+        .stderr(file_log)
+        .spawn()
+        .expect("echoscu"));
+    let answered = || ward_tests::peers::echoes(&log);
+    let start = std::time::Instant::now();
+    while answered() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no C-ECHO through the bridge: {}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            edge.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wardctl = |args: &[&str]| {
+        std::process::Command::new(binary("wardctl"))
+            .arg("--socket")
+            .arg(s.dir.join("edge-br.sock"))
+            .args(args)
+            .output()
+            .expect("wardctl")
+    };
+    assert!(
+        wardctl(&["device", "quarantine", "ct", "--yes"])
+            .status
+            .success()
+    );
+    // The gateway cuts its side; the quarantine drops everything to and
+    // from the CT, so the association just goes silent.
+    edge.wait_log("device quarantined", Duration::from_secs(10));
+    assert!(edge.log().contains("closed=1"), "{}", edge.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let after = answered();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        answered(),
+        after,
+        "echoes still cross the quarantined association"
+    );
+    drop(assoc);
+    let file = make_dicom(&data, 32);
+    assert!(
+        !storescu_in(&s.ct, "203.0.113.5", 104, &file, &[])
+            .status
+            .success(),
+        "a quarantined CT stored a study"
+    );
+    assert!(wardctl(&["device", "release", "ct"]).status.success());
+    let sent = storescu_in(&s.ct, "203.0.113.5", 104, &file, &[]);
+    assert!(
+        sent.status.success(),
+        "released CT: {}\n{}",
+        String::from_utf8_lossy(&sent.stderr),
+        edge.log()
+    );
+}
