@@ -51,7 +51,10 @@ install -D -m 0644 image/files/ward-firstboot.service "$root/usr/lib/systemd/sys
 install -D -m 0755 image/files/ward-firstboot "$root/usr/lib/ward/ward-firstboot"
 install -D -m 0644 image/files/ward-boot-report.service "$root/usr/lib/systemd/system/ward-boot-report.service"
 install -D -m 0755 image/files/ward-boot-report "$root/usr/lib/ward/ward-boot-report"
+install -D -m 0644 image/files/ward-networkd.service "$root/usr/lib/systemd/system/ward-networkd.service"
+install -D -m 0755 image/files/ward-networkd "$root/usr/lib/ward/ward-networkd"
 install -D -m 0644 image/files/90-ward.conf "$root/etc/sysctl.d/90-ward.conf"
+install -D -m 0644 image/files/ward-no-br-netfilter.conf "$root/etc/modprobe.d/ward-no-br-netfilter.conf"
 install -D -m 0644 image/files/50-lan.network "$root/etc/systemd/network/50-lan.network"
 install -D -m 0644 policy/examples/hospital.toml "$root/usr/share/ward/examples/hospital.toml"
 echo "ward" > "$root/etc/hostname"
@@ -76,7 +79,7 @@ echo "==> users (created now: /etc is read-only at run time)"
 systemd-sysusers --root="$root" >/dev/null
 
 echo "==> enable units"
-systemctl --root="$root" enable systemd-networkd.service systemd-networkd-wait-online.service wardd.service ward-firstboot.service ward-boot-report.service >/dev/null 2>&1
+systemctl --root="$root" enable systemd-networkd.service systemd-networkd-wait-online.service wardd.service ward-firstboot.service ward-boot-report.service ward-networkd.service >/dev/null 2>&1
 # Root may log in on the serial console in this development image.
 passwd --root "$root" -d root >/dev/null
 

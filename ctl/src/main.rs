@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod networkd;
 mod online;
 mod policy;
 mod sbom;

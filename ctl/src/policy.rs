@@ -1,4 +1,4 @@
-//! `wardctl policy check|compile|diff`.
+//! `wardctl policy check|compile|networkd|diff`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,19 @@ pub enum PolicyCommand {
         #[arg(long)]
         nft: bool,
     },
+    /// Write the systemd-networkd files one gateway's insertion needs (bridge:
+    /// the bridge and its ports; routed: the router addresses on the device
+    /// ports) into a directory, e.g. /etc/systemd/network.
+    Networkd {
+        /// Policy file (TOML).
+        file: PathBuf,
+        /// The gateway.
+        #[arg(long, short)]
+        gateway: String,
+        /// Where to write the files.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Compare two policy files: services, and per gateway devices, flows,
     /// exceptions (each changed field, old -> new) and nftables rules.
     Diff {
@@ -58,6 +71,33 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
                     None => Some(today_utc()),
                 };
             check(&file, today, json)
+        }
+        PolicyCommand::Networkd { file, gateway, dir } => {
+            let Some(policy) = load_or_report(&file, json)? else {
+                return Ok(Exit::DataErr);
+            };
+            let plan = match ward_policy::compile(&policy, &gateway) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    return Ok(Exit::DataErr);
+                }
+            };
+            let files = match crate::networkd::files(&plan) {
+                Ok(f) => f,
+                Err(why) => {
+                    eprintln!("{why}");
+                    return Ok(Exit::DataErr);
+                }
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, text) in files {
+                let path = dir.join(&name);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+            }
+            Ok(Exit::Ok)
         }
         PolicyCommand::Compile { file, gateway, nft } => {
             let Some(policy) = load_or_report(&file, json)? else {

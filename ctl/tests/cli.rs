@@ -487,3 +487,87 @@ fn audit_show_and_verify_read_a_0_1_0_trail() {
         serde_json::from_str::<ward_api::audit::Record>(line).expect("a record of the schema");
     }
 }
+
+/// `policy networkd` writes a bridge gateway's bridge and ports, a routed
+/// gateway's router addresses per device port, and refuses an explicit one.
+#[test]
+fn networkd_files_from_the_policy() {
+    let example = std::fs::read_to_string(EXAMPLE).expect("example");
+    let without_listen = example.replace(
+        "listen = \"198.51.100.1:104\"     # the CT's configured PACS address\n",
+        "",
+    );
+    let bridge = without_listen.replace(
+        "lan_address = \"192.0.2.10\"\n",
+        "lan_address = \"192.0.2.10\"\ninsertion = \"bridge\"\nbridge = { name = \"br-ward\", uplink = \"up0\", mac = \"02:00:00:00:00:fe\", router_mac = \"02:00:00:00:01:01\" }\n",
+    );
+    let path = temp_policy("bridge.toml", &bridge);
+    let dir = std::env::temp_dir().join(format!("wardctl-networkd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.join("bridge");
+    let out = wardctl(&[
+        "policy",
+        "networkd",
+        path.to_str().expect("utf8"),
+        "--gateway",
+        "edge-01",
+        "--dir",
+        d.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let netdev = std::fs::read_to_string(d.join("10-ward-br-ward.netdev")).expect("netdev");
+    assert!(
+        netdev.contains("Kind=bridge") && netdev.contains("MACAddress=02:00:00:00:00:fe"),
+        "{netdev}"
+    );
+    let ports = std::fs::read_to_string(d.join("11-ward-ports.network")).expect("ports");
+    assert!(
+        ports.contains("Name=dev0 dev1 dev2 dev3 up0") && ports.contains("Bridge=br-ward"),
+        "{ports}"
+    );
+
+    let routed = without_listen.replace(
+        "lan_address = \"192.0.2.10\"\n",
+        "lan_address = \"192.0.2.10\"\ninsertion = \"routed\"\nrouters = [\"198.51.100.1/28\", \"198.51.100.17/28\", \"198.51.100.33/28\", \"198.51.100.49/28\"]\n",
+    );
+    let path = temp_policy("routed.toml", &routed);
+    let d = dir.join("routed");
+    let out = wardctl(&[
+        "policy",
+        "networkd",
+        path.to_str().expect("utf8"),
+        "--gateway",
+        "edge-01",
+        "--dir",
+        d.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev1 = std::fs::read_to_string(d.join("11-ward-dev1.network")).expect("dev1");
+    assert!(
+        dev1.contains("Address=198.51.100.17/28") && !dev1.contains("198.51.100.1/28"),
+        "{dev1}"
+    );
+
+    let out = wardctl(&[
+        "policy",
+        "networkd",
+        EXAMPLE,
+        "--gateway",
+        "edge-01",
+        "--dir",
+        d.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inserted explicitly"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
