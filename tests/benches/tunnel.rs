@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use ward_pki::Kind;
 use ward_tests::harness::{TempDir, TestCa, Wardd, binary, free_port, wait_tcp, write_config};
+use ward_tests::load::{cpu_seconds, median};
 
 const RUNS: usize = 5;
 const BULK_BYTES: u64 = 512 << 20;
@@ -50,11 +51,6 @@ struct Path2 {
     pids: Vec<u32>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -64,24 +60,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         })
         .unwrap_or(0)
-}
-
-/// CPU time (user + system, including reaped children such as socat's
-/// per-connection forks) of `pids` so far, in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    let tick = 100.0; // USER_HZ on Linux
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .map(|s| {
-            // Fields after the parenthesised command name; utime is field 14.
-            let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            (11..15)
-                .filter_map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
-                .sum::<f64>()
-                / tick
-        })
-        .sum()
 }
 
 async fn sink_servers() -> (SocketAddr, SocketAddr) {

@@ -21,9 +21,11 @@
 
 pub mod harness;
 pub mod inproc;
+pub mod load;
 pub mod netns;
 pub mod otlp;
 pub mod peers;
+pub mod segment;
 pub mod site;
 pub mod synthetic;
 pub mod topology;
