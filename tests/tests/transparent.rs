@@ -12,9 +12,10 @@
 use std::time::Duration;
 
 use ward_tests::harness::TempDir;
-use ward_tests::peers::{dataset, make_dicom};
+use ward_tests::peers::{dataset, echoes, make_dicom};
 use ward_tests::topology::{
-    Hospital, capture, cmd_in, hl7_engine, mllp_send, routed_policy, storescp_in, storescu_in,
+    Bg, Hospital, capture, cmd_in, hl7_engine, mllp_send, pings, routed_policy, storescp_in,
+    storescu_in, tcp_connects,
 };
 
 /// Packets in a capture file matching a tcpdump filter.
@@ -192,5 +193,156 @@ fn routed_insertion_with_unchanged_devices() {
         packets(&h, &dead_pcap, "net 198.51.100.0/24"),
         0,
         "with wardd killed, device packets reached the LAN"
+    );
+}
+
+/// Routed insertion, the rest of the device's view: monitor mode passes and
+/// counts lateral traffic, a reload to enforce drops it; lateral, spoofed
+/// address, foreign MAC and IPv6 from the CT are dropped and counted; the
+/// vendor's inbound maintenance flow reaches the monitor; a quarantine
+/// silences the CT's intercepted association and refuses new ones, a
+/// release restores them.
+#[test]
+fn routed_insertion_refuses_counts_and_quarantines() {
+    let Ok(mut h) = Hospital::build("tr2") else {
+        return;
+    };
+    h.edit_policy(|p| routed_policy(p).replace("mode = \"enforce\"", "mode = \"monitor\""));
+    let vendor = h.client("vendor-vitalis");
+    let data = TempDir::new("tr2-data");
+    let _pacs = storescp_in(&h.srv, 104, &data.join("pacs"), &[]);
+    let _monitor = storescp_in(&h.monitor, 24105, &data.join("monitor"), &[]);
+    let _hub = h.start_hub();
+    // Tuesday 03:00 in Berlin: inside the vendor's window.
+    let mut edge = h.start_edge("fake_now = \"2026-11-24T02:00:00Z\"");
+    let ct = "ct-scanner-2";
+    let before = h.drops(ct);
+    assert!(
+        pings(&h.ct, "198.51.100.18"),
+        "monitor mode dropped lateral ICMP"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        h.drops(ct) > before,
+        "monitor mode did not count the lateral ICMP"
+    );
+    // The reload replaces the ruleset, and with it the counters.
+    h.edit_policy(routed_policy);
+    edge.signal("HUP");
+    edge.wait_log("reload applied", Duration::from_secs(10));
+    let mut last = h.drops(ct);
+    let mut rose = |what: &str| {
+        let start = std::time::Instant::now();
+        let mut now = h.drops(ct);
+        while now <= last && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(50));
+            now = h.drops(ct);
+        }
+        assert!(
+            now > last,
+            "{what}: dev_{ct} did not rise ({last} -> {now})"
+        );
+        last = now;
+    };
+    assert!(!pings(&h.ct, "198.51.100.18"), "lateral ICMP passed");
+    rose("lateral");
+    assert!(
+        !tcp_connects(&h.ct, "192.0.2.50", 445),
+        "direct TCP to the LAN passed"
+    );
+    rose("direct tcp");
+    h.ct.run(&["ip", "addr", "add", "198.51.100.18/32", "dev", "eth0"]);
+    let _ = cmd_in(&h.ct, "sh")
+        .args(["-c", "echo x | nc -u -w1 -s 198.51.100.18 192.0.2.123 123"])
+        .output();
+    rose("spoofed source");
+    h.ct.run(&["ip", "addr", "del", "198.51.100.18/32", "dev", "eth0"]);
+    h.ct.run(&["ip", "link", "set", "eth0", "address", "02:00:00:00:00:99"]);
+    assert!(
+        !tcp_connects(&h.ct, "203.0.113.5", 104),
+        "the CT's address from a foreign MAC reached its intercepted flow"
+    );
+    rose("foreign MAC");
+    h.ct.run(&["ip", "link", "set", "eth0", "address", "02:00:00:00:00:02"]);
+    h.ct.run(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]);
+    let _ = h.ct.exec(&["ping", "-6", "-c1", "-W1", "ff02::1%eth0"]);
+    h.ct.run(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
+    rose("IPv6");
+    assert!(
+        tcp_connects(&h.ct, "203.0.113.5", 104),
+        "the CT's intercepted flow is unreachable after the checks"
+    );
+
+    // The vendor's inbound maintenance flow, unchanged by the insertion.
+    let file = make_dicom(&data, 32);
+    let tls = [
+        "--enable-tls".to_owned(),
+        vendor.key.display().to_string(),
+        vendor.cert.display().to_string(),
+        "--add-cert-file".to_owned(),
+        h.ca.ca.cert_path().display().to_string(),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let serviced = storescu_in(&h.lan, "192.0.2.10", 24105, &file, &tls);
+    assert!(
+        serviced.status.success(),
+        "vendor maintenance through a routed gateway: {}\n{}",
+        String::from_utf8_lossy(&serviced.stderr),
+        edge.log()
+    );
+
+    // Quarantine: the CT's intercepted association goes silent.
+    let log = h.dir.join("echoscu.log");
+    let file_log = std::fs::File::create(&log).expect("log");
+    let assoc = Bg(cmd_in(&h.ct, ward_tests::peers::dcmtk("echoscu"))
+        .args(["-v", "-aec", "PACS", "--repeat", "100000000", "-td", "2"])
+        .args(["203.0.113.5", "104"])
+        .stdout(file_log.try_clone().expect("clone"))
+        .stderr(file_log)
+        .spawn()
+        .expect("echoscu"));
+    let start = std::time::Instant::now();
+    while echoes(&log) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no C-ECHO intercepted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wardctl = |args: &[&str]| {
+        std::process::Command::new(ward_tests::harness::binary("wardctl"))
+            .arg("--socket")
+            .arg(h.socket("edge-01"))
+            .args(args)
+            .output()
+            .expect("wardctl")
+    };
+    assert!(
+        wardctl(&["device", "quarantine", ct, "--yes"])
+            .status
+            .success()
+    );
+    edge.wait_log("device quarantined", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = echoes(&log);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        echoes(&log),
+        after,
+        "echoes still cross the quarantined association"
+    );
+    drop(assoc);
+    assert!(
+        !storescu_in(&h.ct, "203.0.113.5", 104, &file, &[])
+            .status
+            .success(),
+        "a quarantined CT stored a study"
+    );
+    assert!(wardctl(&["device", "release", ct]).status.success());
+    let sent = storescu_in(&h.ct, "203.0.113.5", 104, &file, &[]);
+    assert!(
+        sent.status.success(),
+        "released CT: {}",
+        String::from_utf8_lossy(&sent.stderr)
     );
 }
