@@ -7,6 +7,7 @@ packages=(
   nftables
   iproute2
   iputils-ping
+  iputils-arping
   netcat-openbsd
   dcmtk
   orthanc

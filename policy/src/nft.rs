@@ -604,6 +604,7 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
     );
 
     render_bridge(plan, &mut b.objects, &verdict, &identity);
+    render_arp(plan, &mut b.objects, &verdict, &identity);
 
     Nftables {
         objects: b.objects.into(),
@@ -887,6 +888,103 @@ fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S,
                 value: s(br.router_mac.to_string()),
             }),
         ],
+    );
+    objects.extend(b.objects);
+}
+
+/// Table `arp ward`, replaced in the same transaction (removed for a
+/// bridge, whose own table checks ARP): ARP that reaches the gateway on a
+/// device port passes only with a (MAC . address) pair of the policy, in the
+/// ARP header; anything else (a device claiming another's address, a
+/// foreign MAC) is counted against the device it claims to be and dropped,
+/// so the gateway's neighbour table cannot be poisoned from a device port.
+fn render_arp(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S, identity: &[E]) {
+    let mut b = Batch {
+        objects: Vec::new(),
+        family: NfFamily::ARP,
+    };
+    let table = || {
+        NfListObject::Table(Table {
+            family: NfFamily::ARP,
+            name: TABLE.into(),
+            handle: None,
+        })
+    };
+    b.add(table());
+    b.objects.push(NfObject::CmdObject(NfCmd::Delete(table())));
+    if plan.bridge.is_some() || plan.device_interfaces.is_empty() {
+        objects.extend(b.objects);
+        return;
+    }
+    b.add(table());
+    let devices: Vec<_> = plan.devices.values().collect();
+    let ports = one_or_set(plan.device_interfaces.iter().map(s).collect());
+    let iif = || is(meta(MetaKey::Iifname), ports.clone());
+    b.set(
+        "identity",
+        SetTypeValue::Concatenated(vec![SetType::EtherAddr, SetType::Ipv4Addr].into()),
+        identity.to_vec(),
+    );
+    for d in &devices {
+        b.counter(&d.counter);
+    }
+    b.counter(UNKNOWN_COUNTER);
+    b.chain("input", Some((NfHook::Input, 0, NfChainPolicy::Accept)));
+    for d in &devices {
+        b.chain(&drop_chain(&d.id), None);
+        drop_rules(&mut b, &drop_chain(&d.id), &d.counter, &d.id, verdict);
+    }
+    b.chain("drop_unknown", None);
+    drop_rules(&mut b, "drop_unknown", UNKNOWN_COUNTER, "unknown", verdict);
+    b.rule(
+        "input",
+        Some("the device's own pair"),
+        vec![
+            iif(),
+            is(
+                Expression::Named(NamedExpression::Concat(vec![
+                    field("arp", "saddr ether"),
+                    field("arp", "saddr ip"),
+                ])),
+                s("@identity"),
+            ),
+            accept(),
+        ],
+    );
+    if !devices.is_empty() {
+        b.rule(
+            "input",
+            Some("a device's MAC with another address"),
+            vec![
+                iif(),
+                vmap(
+                    field("arp", "saddr ether"),
+                    devices
+                        .iter()
+                        .map(|d| (s(d.mac.to_string()), drop_chain(&d.id)))
+                        .collect(),
+                ),
+            ],
+        );
+        b.rule(
+            "input",
+            Some("a device's address from another MAC"),
+            vec![
+                iif(),
+                vmap(
+                    field("arp", "saddr ip"),
+                    devices
+                        .iter()
+                        .map(|d| (s(d.ip.to_string()), drop_chain(&d.id)))
+                        .collect(),
+                ),
+            ],
+        );
+    }
+    b.rule(
+        "input",
+        Some("unknown source"),
+        vec![iif(), goto("drop_unknown".to_owned())],
     );
     objects.extend(b.objects);
 }

@@ -256,6 +256,29 @@ fn routed_insertion_refuses_counts_and_quarantines() {
         .args(["-c", "echo x | nc -u -w1 -s 198.51.100.18 192.0.2.123 123"])
         .output();
     rose("spoofed source");
+    // ARP spoofing: the CT claims the pump's address to its router, the
+    // gateway; the gateway's neighbour table does not learn it.
+    let _ = h.ct.exec(&[
+        "arping",
+        "-c",
+        "1",
+        "-w",
+        "1",
+        "-s",
+        "198.51.100.18",
+        "-I",
+        "eth0",
+        "198.51.100.1",
+    ]);
+    rose("spoofed ARP");
+    let neigh = h
+        .edge
+        .exec(&["ip", "neigh", "show", "198.51.100.18", "dev", "dev0"]);
+    assert!(
+        String::from_utf8_lossy(&neigh.stdout).trim().is_empty(),
+        "the gateway learned the spoofed ARP: {}",
+        String::from_utf8_lossy(&neigh.stdout)
+    );
     h.ct.run(&["ip", "addr", "del", "198.51.100.18/32", "dev", "eth0"]);
     h.ct.run(&["ip", "link", "set", "eth0", "address", "02:00:00:00:00:99"]);
     assert!(

@@ -305,11 +305,12 @@ impl Nft {
     }
 
     /// Per-device drop counters: `nft -j list counters` of table `inet ward`,
-    /// plus table `bridge ward` when there is one (bridge insertion drops
-    /// spoofed and lateral frames at layer 2), summed by name.
+    /// plus tables `bridge ward` (bridge insertion drops spoofed and lateral
+    /// frames at layer 2) and `arp ward` (spoofed ARP to the gateway) where
+    /// they exist, summed by name.
     pub fn list_counters(&self) -> Result<Vec<CounterValue>, ApplyError> {
         let mut all: Vec<CounterValue> = Vec::new();
-        for family in ["inet", "bridge"] {
+        for family in ["inet", "bridge", "arp"] {
             let Some(v) =
                 self.list(&["list", "counters", "table", family, ward_policy::nft::TABLE])?
             else {
