@@ -7,8 +7,10 @@
 # LAN between them. Two real wardd processes apply the example policy's
 # nftables rulesets and carry a DICOM study and an HL7 message through mutual
 # TLS tunnels (QUIC and TCP); the demo then shows direct, lateral and foreign
-# attempts dropped and prints what the gateways report. Everything it creates
-# is removed at the end.
+# attempts dropped and prints what the gateways report. Then transparent
+# insertion with unchanged devices: edge-01 routed (it holds the devices'
+# router addresses), and a segment whose cable is split into a bridge gateway
+# (bump in the wire). Everything it creates is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -254,6 +254,17 @@ fn main() {
         );
     }
 
+    step(
+        "8. bump in the wire: a CT and a pump behind their router; the cable is split into edge-br's bridge, nothing else changes",
+    );
+    match ward_tests::segment::Segment::build() {
+        None => {
+            println!("    (cannot create the namespaces)");
+            failures += 1;
+        }
+        Some(seg) => bridge_scene(&seg, &study, &data, &mut failures),
+    }
+
     step("done");
     if failures > 0 {
         println!(
@@ -263,4 +274,68 @@ fn main() {
         std::process::exit(1);
     }
     println!("    all checks passed; namespaces and files are removed on exit");
+}
+
+/// Demo step 8: bridge insertion on a segment set up before any gateway.
+fn bridge_scene(
+    seg: &ward_tests::segment::Segment,
+    study: &std::path::Path,
+    data: &TempDir,
+    failures: &mut u32,
+) {
+    let view = |n: &ward_tests::netns::Netns| {
+        let addr = n.exec(&["ip", "-br", "-4", "addr", "show", "eth0"]).stdout;
+        let route = n.exec(&["ip", "route"]).stdout;
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&addr),
+            String::from_utf8_lossy(&route)
+        )
+    };
+    let out = data.join("pacs-segment");
+    let _pacs = storescp_in(&seg.srv, 104, &out, &[]);
+    let before = view(&seg.ct);
+    println!("    the CT, configured once (router 10.20.0.1, PACS 203.0.113.5:104):");
+    for l in before.lines() {
+        println!("      {l}");
+    }
+    let direct = storescu_in(&seg.ct, "203.0.113.5", 104, study, &[]);
+    check(
+        direct.status.success(),
+        "before Ward: storescu straight through the router",
+        failures,
+    );
+    seg.insert_bridge();
+    for t in ["iptables", "ip6tables", "arptables"] {
+        let _ = seg
+            .edge
+            .exec(&["sysctl", "-qw", &format!("net.bridge.bridge-nf-call-{t}=0")]);
+    }
+    println!(
+        "    the CT's and the pump's cables now end in edge-br: dev0, dev1 and up0 (to the router) bridged as br-ward"
+    );
+    let _hub = seg.start("hub-dc-01", &seg.hub);
+    let edge = seg.start("edge-br", &seg.edge);
+    for l in log_lines(&edge.log(), "wardd ready") {
+        println!(
+            "    edge-br: {}",
+            l.find("wardd ready").map_or(l.as_str(), |i| &l[i..])
+        );
+    }
+    let sent = storescu_in(&seg.ct, "203.0.113.5", 104, study, &[]);
+    check(
+        sent.status.success(),
+        "the same storescu, same arguments: diverted from the bridge into the QUIC tunnel",
+        failures,
+    );
+    check(
+        !pings(&seg.ct, "10.20.0.18"),
+        "CT -> pump on the same segment (lateral): dropped on the bridge",
+        failures,
+    );
+    check(
+        view(&seg.ct) == before,
+        "the CT's configuration: unchanged",
+        failures,
+    );
 }
