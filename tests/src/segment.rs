@@ -66,6 +66,14 @@ to = "hl7-engine"
 
 [clients.vendor]
 
+[[exceptions]]
+name = "ntp"
+devices = ["ct"]
+to = "192.0.2.123"
+protocol = "udp"
+port = 123
+justification = "The CT timestamps its images; its firmware cannot tunnel NTP."
+
 [[flows]]
 name = "vendor-pump"
 from = "vendor"
@@ -138,6 +146,7 @@ impl Segment {
             ip(gw, &format!("addr add {addr} dev lan0"));
         }
         ip(&lan, "addr add 192.0.2.50/24 dev br0");
+        ip(&lan, "addr add 192.0.2.123/24 dev br0");
         // LAN hosts reach the device segment through its router.
         ip(&lan, "route add 10.20.0.0/24 via 192.0.2.1");
         veth(&hub, "srv0", &srv, "eth0");

@@ -298,6 +298,36 @@ fn bridge_insertion_with_unchanged_devices() {
         "the LAN reached the pump directly"
     );
 
+    // The raw exception: NTP from the CT to its time server is bridged, and
+    // the answer comes back; the pump has no such exception.
+    let ntp = Bg(cmd_in(&s.lan, "python3")
+        .args([
+            "-c",
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('192.0.2.123', 123))\nwhile True:\n    d, a = s.recvfrom(100)\n    s.sendto(b'time:' + d, a)",
+        ])
+        .spawn()
+        .expect("python3"));
+    std::thread::sleep(Duration::from_millis(500));
+    let ask = |n: &Netns| {
+        String::from_utf8_lossy(
+            &cmd_in(n, "sh")
+                .args(["-c", "echo ask | nc -u -w2 192.0.2.123 123"])
+                .output()
+                .expect("nc")
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(
+        ask(&s.ct).contains("time:ask"),
+        "the CT's NTP exception is not bridged"
+    );
+    assert!(
+        !ask(&s.pump).contains("time:"),
+        "the pump reached NTP without an exception"
+    );
+    drop(ntp);
+
     // From the CT, a TCP connect scan and UDP probes of the LAN and the
     // server range find its flow and nothing else.
     let tcp = ward_tests::topology::nmap_open(
