@@ -73,15 +73,8 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
             check(&file, today, json)
         }
         PolicyCommand::Networkd { file, gateway, dir } => {
-            let Some(policy) = load_or_report(&file, json)? else {
+            let Some(plan) = plan_for(&file, &gateway, json)? else {
                 return Ok(Exit::DataErr);
-            };
-            let plan = match ward_policy::compile(&policy, &gateway) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    return Ok(Exit::DataErr);
-                }
             };
             let files = match crate::networkd::files(&plan) {
                 Ok(f) => f,
@@ -100,15 +93,8 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         PolicyCommand::Compile { file, gateway, nft } => {
-            let Some(policy) = load_or_report(&file, json)? else {
+            let Some(plan) = plan_for(&file, &gateway, json)? else {
                 return Ok(Exit::DataErr);
-            };
-            let plan = match ward_policy::compile(&policy, &gateway) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    return Ok(Exit::DataErr);
-                }
             };
             if nft {
                 let v: serde_json::Value =
@@ -133,6 +119,21 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
                 print!("{}", render_diff(&d, nft));
             }
             Ok(Exit::Ok)
+        }
+    }
+}
+
+/// The plan of `gateway` in the policy `file`, or `None` after reporting
+/// why there is none (invalid policy, unknown gateway).
+fn plan_for(file: &Path, gateway: &str, json: bool) -> anyhow::Result<Option<Plan>> {
+    let Some(policy) = load_or_report(file, json)? else {
+        return Ok(None);
+    };
+    match ward_policy::compile(&policy, gateway) {
+        Ok(plan) => Ok(Some(plan)),
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            Ok(None)
         }
     }
 }

@@ -49,7 +49,7 @@ use nftables::stmt::{
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use crate::compile::{ExceptionPlan, Plan};
+use crate::compile::{DevicePlan, ExceptionPlan, Plan};
 use crate::model::{ExceptionTarget, L4, Mode};
 
 /// [`render`] as JSON, for `nft -j -f -`.
@@ -236,6 +236,47 @@ impl Batch {
         })));
     }
 
+    /// An empty batch for table `ward` of `family` that starts by removing
+    /// the table if it exists (add, then delete: the delete cannot fail).
+    fn replacing(family: NfFamily) -> Batch {
+        let mut b = Batch {
+            objects: Vec::new(),
+            family,
+        };
+        b.add(b.table());
+        b.objects
+            .push(NfObject::CmdObject(NfCmd::Delete(b.table())));
+        b
+    }
+
+    fn table(&self) -> NfListObject<'static> {
+        NfListObject::Table(Table {
+            family: self.family,
+            name: TABLE.into(),
+            handle: None,
+        })
+    }
+
+    /// The `identity` set of (MAC . address) pairs, each device's counter
+    /// and drop chain, and the chain for unknown sources.
+    fn device_drops(&mut self, devices: &[&DevicePlan], identity: &[E], verdict: &S) {
+        self.set(
+            "identity",
+            SetTypeValue::Concatenated(vec![SetType::EtherAddr, SetType::Ipv4Addr].into()),
+            identity.to_vec(),
+        );
+        for d in devices {
+            self.counter(&d.counter);
+        }
+        self.counter(UNKNOWN_COUNTER);
+        for d in devices {
+            self.chain(&drop_chain(&d.id), None);
+            drop_rules(self, &drop_chain(&d.id), &d.counter, &d.id, verdict);
+        }
+        self.chain("drop_unknown", None);
+        drop_rules(self, "drop_unknown", UNKNOWN_COUNTER, "unknown", verdict);
+    }
+
     fn counter(&mut self, name: &str) {
         self.add(NfListObject::Counter(CounterObj {
             family: self.family,
@@ -251,22 +292,10 @@ impl Batch {
 /// The nftables batch that replaces table `inet ward` with `plan`'s ruleset
 /// in one transaction.
 pub fn render(plan: &Plan) -> Nftables<'static> {
-    let mut b = Batch {
-        objects: Vec::new(),
-        family: NfFamily::INet,
-    };
-    let table = || {
-        NfListObject::Table(Table {
-            family: NfFamily::INet,
-            name: TABLE.into(),
-            handle: None,
-        })
-    };
     // add + delete + add: the delete cannot fail (the table exists by then),
     // and the whole replacement is one kernel transaction.
-    b.add(table());
-    b.objects.push(NfObject::CmdObject(NfCmd::Delete(table())));
-    b.add(table());
+    let mut b = Batch::replacing(NfFamily::INet);
+    b.add(b.table());
 
     let verdict = match plan.mode {
         Mode::Enforce => drop(),
@@ -621,24 +650,12 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
 /// nothing reaches a device through it but ARP and the raw exceptions;
 /// frames the gateway sends to a device carry the real router's MAC.
 fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S, identity: &[E]) {
-    let mut b = Batch {
-        objects: Vec::new(),
-        family: NfFamily::Bridge,
-    };
-    let table = || {
-        NfListObject::Table(Table {
-            family: NfFamily::Bridge,
-            name: TABLE.into(),
-            handle: None,
-        })
-    };
-    b.add(table());
-    b.objects.push(NfObject::CmdObject(NfCmd::Delete(table())));
+    let mut b = Batch::replacing(NfFamily::Bridge);
     let Some(br) = &plan.bridge else {
         objects.extend(b.objects);
         return;
     };
-    b.add(table());
+    b.add(b.table());
     let devices: Vec<_> = plan.devices.values().collect();
     let ports = one_or_set(plan.device_interfaces.iter().map(s).collect());
     let iif = || is(meta(MetaKey::Iifname), ports.clone());
@@ -654,11 +671,6 @@ fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S,
         )
     };
     b.set(
-        "identity",
-        SetTypeValue::Concatenated(vec![SetType::EtherAddr, SetType::Ipv4Addr].into()),
-        identity.to_vec(),
-    );
-    b.set(
         "quarantine_mac",
         SetTypeValue::Single(SetType::EtherAddr),
         devices
@@ -667,10 +679,6 @@ fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S,
             .map(|d| s(d.mac.to_string()))
             .collect(),
     );
-    for d in &devices {
-        b.counter(&d.counter);
-    }
-    b.counter(UNKNOWN_COUNTER);
     b.chain(
         "prerouting",
         Some((NfHook::Prerouting, -300, NfChainPolicy::Accept)),
@@ -678,12 +686,7 @@ fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S,
     b.chain("forward", Some((NfHook::Forward, 0, NfChainPolicy::Accept)));
     b.chain("input", Some((NfHook::Input, 0, NfChainPolicy::Accept)));
     b.chain("output", Some((NfHook::Output, 0, NfChainPolicy::Accept)));
-    for d in &devices {
-        b.chain(&drop_chain(&d.id), None);
-        drop_rules(&mut b, &drop_chain(&d.id), &d.counter, &d.id, verdict);
-    }
-    b.chain("drop_unknown", None);
-    drop_rules(&mut b, "drop_unknown", UNKNOWN_COUNTER, "unknown", verdict);
+    b.device_drops(&devices, identity, verdict);
     let by_ip: Vec<(E, String)> = devices
         .iter()
         .map(|d| (s(d.ip.to_string()), drop_chain(&d.id)))
@@ -899,43 +902,17 @@ fn render_bridge(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S,
 /// foreign MAC) is counted against the device it claims to be and dropped,
 /// so the gateway's neighbour table cannot be poisoned from a device port.
 fn render_arp(plan: &Plan, objects: &mut Vec<NfObject<'static>>, verdict: &S, identity: &[E]) {
-    let mut b = Batch {
-        objects: Vec::new(),
-        family: NfFamily::ARP,
-    };
-    let table = || {
-        NfListObject::Table(Table {
-            family: NfFamily::ARP,
-            name: TABLE.into(),
-            handle: None,
-        })
-    };
-    b.add(table());
-    b.objects.push(NfObject::CmdObject(NfCmd::Delete(table())));
+    let mut b = Batch::replacing(NfFamily::ARP);
     if plan.bridge.is_some() || plan.device_interfaces.is_empty() {
         objects.extend(b.objects);
         return;
     }
-    b.add(table());
+    b.add(b.table());
     let devices: Vec<_> = plan.devices.values().collect();
     let ports = one_or_set(plan.device_interfaces.iter().map(s).collect());
     let iif = || is(meta(MetaKey::Iifname), ports.clone());
-    b.set(
-        "identity",
-        SetTypeValue::Concatenated(vec![SetType::EtherAddr, SetType::Ipv4Addr].into()),
-        identity.to_vec(),
-    );
-    for d in &devices {
-        b.counter(&d.counter);
-    }
-    b.counter(UNKNOWN_COUNTER);
     b.chain("input", Some((NfHook::Input, 0, NfChainPolicy::Accept)));
-    for d in &devices {
-        b.chain(&drop_chain(&d.id), None);
-        drop_rules(&mut b, &drop_chain(&d.id), &d.counter, &d.id, verdict);
-    }
-    b.chain("drop_unknown", None);
-    drop_rules(&mut b, "drop_unknown", UNKNOWN_COUNTER, "unknown", verdict);
+    b.device_drops(&devices, identity, verdict);
     b.rule(
         "input",
         Some("the device's own pair"),

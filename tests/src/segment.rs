@@ -9,13 +9,12 @@
 //! ```
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use ward_pki::Kind;
 
-use crate::harness::{TempDir, TestCa, Wardd, binary};
+use crate::harness::{TempDir, TestCa, Wardd};
 use crate::netns::Netns;
-use crate::topology::{cmd_in, ip, veth};
+use crate::topology::{ip, veth};
 
 /// The segment's site policy: the edge a bridge, the hub in front of the
 /// servers, a CT and a pump with their flows, the vendor's maintenance flow.
@@ -237,31 +236,6 @@ impl Segment {
     /// Start gateway `name` in `ns` where it must refuse: exit code and log.
     pub fn start_fails(&self, name: &str, ns: &Netns) -> (Option<i32>, String) {
         let cfg = self.config(name);
-        let log = self.dir.join(&format!("{name}-refused.log"));
-        let mut child = cmd_in(ns, binary("wardd"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("wardd");
-        let start = std::time::Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return (
-                    status.code(),
-                    std::fs::read_to_string(&log).unwrap_or_default(),
-                );
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "wardd started where it must refuse:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Wardd::start_fails_in(ns, &cfg, &self.dir.join(&format!("{name}-refused.log")))
     }
 }

@@ -211,32 +211,7 @@ impl Hospital {
     /// Panics (after killing it) if it is still running after 15 s.
     pub fn edge_start_fails(&self) -> (Option<i32>, String) {
         let cfg = self.config("edge-01", &self.edge_cert, "");
-        let log = self.dir.join("edge-refused.log");
-        let mut child = cmd_in(&self.edge, binary("wardd"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn wardd");
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return (
-                    status.code(),
-                    std::fs::read_to_string(&log).unwrap_or_default(),
-                );
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "wardd started where it must refuse:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Wardd::start_fails_in(&self.edge, &cfg, &self.dir.join("edge-refused.log"))
     }
 
     /// Rewrite the running policy with `edit` applied to the example.
@@ -460,6 +435,30 @@ pub fn nmap_open(ns: &Netns, targets: &[&str], ports: &str, udp: bool) -> Vec<St
     open
 }
 
+/// A long DICOM association from `ns`: dcmtk `echoscu` repeating C-ECHO to
+/// `host:port` on one association, its log in `log` (for `peers::echoes`).
+pub fn echoscu_held_in(ns: &Netns, host: &str, port: u16, log: &Path) -> Bg {
+    let file = std::fs::File::create(log).expect("echoscu log");
+    Bg(cmd_in(ns, crate::peers::dcmtk("echoscu"))
+        .args(["-v", "-aec", "PACS", "--repeat", "100000000", "-td", "2"])
+        .arg(host)
+        .arg(port.to_string())
+        .stdout(file.try_clone().expect("clone log"))
+        .stderr(file)
+        .spawn()
+        .expect("echoscu"))
+}
+
+/// `wardctl --socket socket ARGS`.
+pub fn wardctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(binary("wardctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("wardctl")
+}
+
 /// Whether `ns` can ping `addr` (one packet, one second).
 pub fn pings(ns: &Netns, addr: &str) -> bool {
     ns.exec(&["ping", "-c1", "-W1", addr]).status.success()
@@ -473,6 +472,37 @@ pub fn tcp_connects(ns: &Netns, addr: &str, port: u16) -> bool {
 }
 
 impl Wardd {
+    /// Run `wardd --config config` in `ns` where it must refuse to start:
+    /// its exit code and log. Panics, after killing it, if it is still
+    /// running after 15 s.
+    pub fn start_fails_in(ns: &Netns, config: &Path, log: &Path) -> (Option<i32>, String) {
+        let mut child = cmd_in(ns, binary("wardd"))
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("spawn wardd");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (
+                    status.code(),
+                    std::fs::read_to_string(log).unwrap_or_default(),
+                );
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "wardd started where it must refuse:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Start `wardd` inside network namespace `ns`.
     pub fn start_in(ns: &str, config: &Path, log: &Path) -> Wardd {
         Wardd::spawn(

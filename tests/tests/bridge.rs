@@ -19,11 +19,13 @@
 
 use std::time::Duration;
 
-use ward_tests::harness::{TempDir, binary};
+use ward_tests::harness::TempDir;
 use ward_tests::netns::Netns;
 use ward_tests::peers::{dataset, make_dicom};
 use ward_tests::segment::{POLICY, Segment};
-use ward_tests::topology::{Bg, capture, cmd_in, ip, storescp_in, storescu_in};
+use ward_tests::topology::{
+    Bg, capture, cmd_in, echoscu_held_in, ip, storescp_in, storescu_in, wardctl,
+};
 
 fn packets(s: &Segment, pcap: &std::path::Path, filter: &str) -> usize {
     let out = cmd_in(&s.lan, "tcpdump")
@@ -420,14 +422,7 @@ fn bridge_monitor_mode_and_quarantine() {
     assert!(!lateral(), "enforce mode passed lateral ICMP on the bridge");
 
     let log = s.dir.join("echoscu.log");
-    let file_log = std::fs::File::create(&log).expect("log");
-    let assoc = Bg(cmd_in(&s.ct, ward_tests::peers::dcmtk("echoscu"))
-        .args(["-v", "-aec", "PACS", "--repeat", "100000000", "-td", "2"])
-        .args(["203.0.113.5", "104"])
-        .stdout(file_log.try_clone().expect("clone"))
-        .stderr(file_log)
-        .spawn()
-        .expect("echoscu"));
+    let assoc = echoscu_held_in(&s.ct, "203.0.113.5", 104, &log);
     let answered = || ward_tests::peers::echoes(&log);
     let start = std::time::Instant::now();
     while answered() == 0 {
@@ -439,14 +434,8 @@ fn bridge_monitor_mode_and_quarantine() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let wardctl = |args: &[&str]| {
-        std::process::Command::new(binary("wardctl"))
-            .arg("--socket")
-            .arg(s.dir.join("edge-br.sock"))
-            .args(args)
-            .output()
-            .expect("wardctl")
-    };
+    let sock = s.dir.join("edge-br.sock");
+    let wardctl = |args: &[&str]| wardctl(&sock, args);
     assert!(
         wardctl(&["device", "quarantine", "ct", "--yes"])
             .status

@@ -14,8 +14,8 @@ use std::time::Duration;
 use ward_tests::harness::TempDir;
 use ward_tests::peers::{dataset, echoes, make_dicom};
 use ward_tests::topology::{
-    Bg, Hospital, capture, cmd_in, hl7_engine, mllp_send, pings, routed_policy, storescp_in,
-    storescu_in, tcp_connects,
+    Hospital, capture, cmd_in, echoscu_held_in, hl7_engine, mllp_send, pings, routed_policy,
+    storescp_in, storescu_in, tcp_connects, wardctl,
 };
 
 /// Packets in a capture file matching a tcpdump filter.
@@ -162,18 +162,15 @@ fn routed_insertion_with_unchanged_devices() {
     );
 
     // The admin view says how the gateway and each device are inserted.
-    let wardctl = |args: &[&str]| {
-        let out = std::process::Command::new(ward_tests::harness::binary("wardctl"))
-            .arg("--socket")
-            .arg(h.socket("edge-01"))
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("wardctl");
+    let sock = h.socket("edge-01");
+    let wardctl_json = |args: &[&str]| {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = wardctl(&sock, &all);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
     };
-    assert_eq!(wardctl(&["status"])["insertion"], "routed");
-    let ct = wardctl(&["device", "show", "ct-scanner-2"]);
+    assert_eq!(wardctl_json(&["status"])["insertion"], "routed");
+    let ct = wardctl_json(&["device", "show", "ct-scanner-2"]);
     assert_eq!(ct["insertion"], "transparent", "{ct}");
 
     // wardd killed: the device's flow gets no answer, nothing of it on the LAN.
@@ -316,14 +313,7 @@ fn routed_insertion_refuses_counts_and_quarantines() {
 
     // Quarantine: the CT's intercepted association goes silent.
     let log = h.dir.join("echoscu.log");
-    let file_log = std::fs::File::create(&log).expect("log");
-    let assoc = Bg(cmd_in(&h.ct, ward_tests::peers::dcmtk("echoscu"))
-        .args(["-v", "-aec", "PACS", "--repeat", "100000000", "-td", "2"])
-        .args(["203.0.113.5", "104"])
-        .stdout(file_log.try_clone().expect("clone"))
-        .stderr(file_log)
-        .spawn()
-        .expect("echoscu"));
+    let assoc = echoscu_held_in(&h.ct, "203.0.113.5", 104, &log);
     let start = std::time::Instant::now();
     while echoes(&log) == 0 {
         assert!(
@@ -332,14 +322,8 @@ fn routed_insertion_refuses_counts_and_quarantines() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let wardctl = |args: &[&str]| {
-        std::process::Command::new(ward_tests::harness::binary("wardctl"))
-            .arg("--socket")
-            .arg(h.socket("edge-01"))
-            .args(args)
-            .output()
-            .expect("wardctl")
-    };
+    let sock = h.socket("edge-01");
+    let wardctl = |args: &[&str]| wardctl(&sock, args);
     assert!(
         wardctl(&["device", "quarantine", ct, "--yes"])
             .status
