@@ -435,6 +435,59 @@ pub fn nmap_open(ns: &Netns, targets: &[&str], ports: &str, udp: bool) -> Vec<St
     open
 }
 
+/// From the CT's namespace `ct`: a TCP connect scan and UDP probes of the
+/// LAN hosts and the server range find the CT's flow (the PACS at
+/// 203.0.113.5:104) and nothing else.
+pub fn assert_scan_finds_only_the_pacs(ct: &Netns) {
+    let targets = ["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"];
+    let tcp = nmap_open(
+        ct,
+        &targets,
+        "22,80,104,135,139,443,445,2575,3389,4433,8080",
+        false,
+    );
+    assert_eq!(tcp, ["203.0.113.5:104/tcp"], "TCP scan from the CT");
+    let udp = nmap_open(ct, &targets, "53,67,69,123,161,514,4433", true);
+    assert!(
+        udp.is_empty(),
+        "UDP probes from the CT got answers: {udp:?}"
+    );
+}
+
+/// SIGKILL `gateway`, then check it failed closed: `storescu` from `ct` to
+/// the PACS fails, and a capture on `iface` in `ns` sees no packet matching
+/// `filter` (the devices' addresses).
+pub fn assert_kill_fails_closed(
+    mut gateway: Wardd,
+    ct: &Netns,
+    study: &Path,
+    (ns, iface): (&Netns, &str),
+    pcap: &Path,
+    filter: &str,
+) {
+    gateway.signal("KILL");
+    gateway.wait_exit(Duration::from_secs(5));
+    let cap = capture(ns, iface, pcap);
+    let refused = storescu_in(ct, "203.0.113.5", 104, study, &[]);
+    assert!(
+        !refused.status.success(),
+        "the CT reached the PACS with wardd killed"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    drop(cap);
+    let out = cmd_in(ns, "tcpdump")
+        .args(["-nn", "-r"])
+        .arg(pcap)
+        .arg(filter)
+        .output()
+        .expect("tcpdump -r");
+    let seen = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        seen, 0,
+        "with wardd killed, {seen} device packets got through ({filter})"
+    );
+}
+
 /// A long DICOM association from `ns`: dcmtk `echoscu` repeating C-ECHO to
 /// `host:port` on one association, its log in `log` (for `peers::echoes`).
 pub fn echoscu_held_in(ns: &Netns, host: &str, port: u16, log: &Path) -> Bg {

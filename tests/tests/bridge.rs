@@ -24,7 +24,8 @@ use ward_tests::netns::Netns;
 use ward_tests::peers::{dataset, make_dicom};
 use ward_tests::segment::{POLICY, Segment};
 use ward_tests::topology::{
-    Bg, capture, cmd_in, echoscu_held_in, ip, storescp_in, storescu_in, wardctl,
+    Bg, assert_kill_fails_closed, assert_scan_finds_only_the_pacs, capture, cmd_in,
+    echoscu_held_in, ip, storescp_in, storescu_in, wardctl,
 };
 
 fn packets(s: &Segment, pcap: &std::path::Path, filter: &str) -> usize {
@@ -330,43 +331,17 @@ fn bridge_insertion_with_unchanged_devices() {
     );
     drop(ntp);
 
-    // From the CT, a TCP connect scan and UDP probes of the LAN and the
-    // server range find its flow and nothing else.
-    let tcp = ward_tests::topology::nmap_open(
-        &s.ct,
-        &["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"],
-        "22,80,104,135,139,443,445,2575,3389,4433,8080",
-        false,
-    );
-    assert_eq!(tcp, ["203.0.113.5:104/tcp"], "TCP scan from the CT");
-    let udp = ward_tests::topology::nmap_open(
-        &s.ct,
-        &["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"],
-        "53,67,69,123,161,514,4433",
-        true,
-    );
-    assert!(
-        udp.is_empty(),
-        "UDP probes from the CT got answers: {udp:?}"
-    );
+    // From the CT, a TCP connect scan and UDP probes find its flow only.
+    assert_scan_finds_only_the_pacs(&s.ct);
 
     // wardd killed: the CT's flow gets no answer and nothing crosses.
-    let mut edge = edge;
-    edge.signal("KILL");
-    edge.wait_exit(Duration::from_secs(5));
-    let dead_pcap = s.dir.join("uplink-dead.pcap");
-    let cap = capture(&s.rtr, "to-edge", &dead_pcap);
-    let refused = storescu_in(&s.ct, "203.0.113.5", 104, &study, &[]);
-    assert!(
-        !refused.status.success(),
-        "the CT reached the PACS with wardd killed"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    drop(cap);
-    assert_eq!(
-        packets(&s, &dead_pcap, "ip and net 10.20.0.0/24"),
-        0,
-        "with wardd killed, a device's IPv4 crossed the bridge"
+    assert_kill_fails_closed(
+        edge,
+        &s.ct,
+        &study,
+        (&s.rtr, "to-edge"),
+        &s.dir.join("uplink-dead.pcap"),
+        "ip and net 10.20.0.0/24",
     );
 }
 

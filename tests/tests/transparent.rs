@@ -14,8 +14,9 @@ use std::time::Duration;
 use ward_tests::harness::TempDir;
 use ward_tests::peers::{dataset, echoes, make_dicom};
 use ward_tests::topology::{
-    Hospital, capture, cmd_in, echoscu_held_in, hl7_engine, mllp_send, pings, routed_policy,
-    storescp_in, storescu_in, tcp_connects, wardctl,
+    Hospital, assert_kill_fails_closed, assert_scan_finds_only_the_pacs, capture, cmd_in,
+    echoscu_held_in, hl7_engine, mllp_send, pings, routed_policy, storescp_in, storescu_in,
+    tcp_connects, wardctl,
 };
 
 /// Packets in a capture file matching a tcpdump filter.
@@ -141,25 +142,8 @@ fn routed_insertion_with_unchanged_devices() {
         );
     }
 
-    // From the CT, a TCP connect scan and UDP probes of the LAN and the
-    // server range find its flow and nothing else.
-    let tcp = ward_tests::topology::nmap_open(
-        &h.ct,
-        &["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"],
-        "22,80,104,135,139,443,445,2575,3389,4433,8080",
-        false,
-    );
-    assert_eq!(tcp, ["203.0.113.5:104/tcp"], "TCP scan from the CT");
-    let udp = ward_tests::topology::nmap_open(
-        &h.ct,
-        &["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"],
-        "53,67,69,123,161,514,4433",
-        true,
-    );
-    assert!(
-        udp.is_empty(),
-        "UDP probes from the CT got answers: {udp:?}"
-    );
+    // From the CT, a TCP connect scan and UDP probes find its flow only.
+    assert_scan_finds_only_the_pacs(&h.ct);
 
     // The admin view says how the gateway and each device are inserted.
     let sock = h.socket("edge-01");
@@ -174,22 +158,13 @@ fn routed_insertion_with_unchanged_devices() {
     assert_eq!(ct["insertion"], "transparent", "{ct}");
 
     // wardd killed: the device's flow gets no answer, nothing of it on the LAN.
-    let mut edge = edge;
-    edge.signal("KILL");
-    edge.wait_exit(Duration::from_secs(5));
-    let dead_pcap = h.dir.join("lan-dead.pcap");
-    let cap = capture(&h.lan, "to-edge", &dead_pcap);
-    let refused = storescu_in(&h.ct, "203.0.113.5", 104, &study, &[]);
-    assert!(
-        !refused.status.success(),
-        "the CT reached the PACS with wardd killed"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    drop(cap);
-    assert_eq!(
-        packets(&h, &dead_pcap, "net 198.51.100.0/24"),
-        0,
-        "with wardd killed, device packets reached the LAN"
+    assert_kill_fails_closed(
+        edge,
+        &h.ct,
+        &study,
+        (&h.lan, "to-edge"),
+        &h.dir.join("lan-dead.pcap"),
+        "net 198.51.100.0/24",
     );
 }
 
