@@ -435,10 +435,25 @@ pub fn nmap_open(ns: &Netns, targets: &[&str], ports: &str, udp: bool) -> Vec<St
     open
 }
 
-/// From the CT's namespace `ct`: a TCP connect scan and UDP probes of the
-/// LAN hosts and the server range find the CT's flow (the PACS at
-/// 203.0.113.5:104) and nothing else.
-pub fn assert_scan_finds_only_the_pacs(ct: &Netns) {
+/// A time server on the LAN (192.0.2.123:123 in `lan`, which must hold that
+/// address): answers every datagram with `time:` and the datagram.
+pub fn ntp_responder(lan: &Netns) -> Bg {
+    let bg = Bg(cmd_in(lan, "python3")
+        .args([
+            "-c",
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('192.0.2.123', 123))\nwhile True:\n    d, a = s.recvfrom(512)\n    s.sendto(b'time:' + d, a)",
+        ])
+        .spawn()
+        .expect("python3"));
+    std::thread::sleep(Duration::from_millis(500));
+    bg
+}
+
+/// From the CT's namespace `ct`, with a time server answering on the LAN
+/// ([`ntp_responder`]): a TCP connect scan and UDP probes of the LAN hosts
+/// and the server range find the CT's flow (the PACS at 203.0.113.5:104)
+/// and its NTP exception, and nothing else.
+pub fn assert_scan_finds_only_the_pacs_and_ntp(ct: &Netns) {
     let targets = ["192.0.2.1,10,20,50,123,200", "203.0.113.1,5,6"];
     let tcp = nmap_open(
         ct,
@@ -448,10 +463,7 @@ pub fn assert_scan_finds_only_the_pacs(ct: &Netns) {
     );
     assert_eq!(tcp, ["203.0.113.5:104/tcp"], "TCP scan from the CT");
     let udp = nmap_open(ct, &targets, "53,67,69,123,161,514,4433", true);
-    assert!(
-        udp.is_empty(),
-        "UDP probes from the CT got answers: {udp:?}"
-    );
+    assert_eq!(udp, ["192.0.2.123:123/udp"], "UDP probes from the CT");
 }
 
 /// SIGKILL `gateway`, then check it failed closed: `storescu` from `ct` to

@@ -24,8 +24,8 @@ use ward_tests::netns::Netns;
 use ward_tests::peers::{dataset, make_dicom};
 use ward_tests::segment::{POLICY, Segment};
 use ward_tests::topology::{
-    Bg, assert_kill_fails_closed, assert_scan_finds_only_the_pacs, capture, cmd_in,
-    echoscu_held_in, ip, storescp_in, storescu_in, wardctl,
+    Bg, assert_kill_fails_closed, assert_scan_finds_only_the_pacs_and_ntp, capture, cmd_in,
+    echoscu_held_in, ip, ntp_responder, storescp_in, storescu_in, wardctl,
 };
 
 fn packets(s: &Segment, pcap: &std::path::Path, filter: &str) -> usize {
@@ -303,14 +303,7 @@ fn bridge_insertion_with_unchanged_devices() {
 
     // The raw exception: NTP from the CT to its time server is bridged, and
     // the answer comes back; the pump has no such exception.
-    let ntp = Bg(cmd_in(&s.lan, "python3")
-        .args([
-            "-c",
-            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('192.0.2.123', 123))\nwhile True:\n    d, a = s.recvfrom(100)\n    s.sendto(b'time:' + d, a)",
-        ])
-        .spawn()
-        .expect("python3"));
-    std::thread::sleep(Duration::from_millis(500));
+    let _ntp = ntp_responder(&s.lan);
     let ask = |n: &Netns| {
         String::from_utf8_lossy(
             &cmd_in(n, "sh")
@@ -329,10 +322,10 @@ fn bridge_insertion_with_unchanged_devices() {
         !ask(&s.pump).contains("time:"),
         "the pump reached NTP without an exception"
     );
-    drop(ntp);
 
-    // From the CT, a TCP connect scan and UDP probes find its flow only.
-    assert_scan_finds_only_the_pacs(&s.ct);
+    // From the CT, a TCP connect scan and UDP probes find its flow and its
+    // exception only.
+    assert_scan_finds_only_the_pacs_and_ntp(&s.ct);
 
     // wardd killed: the CT's flow gets no answer and nothing crosses.
     assert_kill_fails_closed(

@@ -14,9 +14,9 @@ use std::time::Duration;
 use ward_tests::harness::TempDir;
 use ward_tests::peers::{dataset, echoes, make_dicom};
 use ward_tests::topology::{
-    Hospital, assert_kill_fails_closed, assert_scan_finds_only_the_pacs, capture, cmd_in,
-    echoscu_held_in, hl7_engine, mllp_send, pings, routed_policy, storescp_in, storescu_in,
-    tcp_connects, wardctl,
+    Hospital, assert_kill_fails_closed, assert_scan_finds_only_the_pacs_and_ntp, capture, cmd_in,
+    echoscu_held_in, hl7_engine, mllp_send, ntp_responder, pings, routed_policy, storescp_in,
+    storescu_in, tcp_connects, wardctl,
 };
 
 /// Packets in a capture file matching a tcpdump filter.
@@ -142,8 +142,11 @@ fn routed_insertion_with_unchanged_devices() {
         );
     }
 
-    // From the CT, a TCP connect scan and UDP probes find its flow only.
-    assert_scan_finds_only_the_pacs(&h.ct);
+    // From the CT, a TCP connect scan and UDP probes find its flow and its
+    // NTP exception (a time server answering on the LAN) only.
+    let ntp = ntp_responder(&h.lan);
+    assert_scan_finds_only_the_pacs_and_ntp(&h.ct);
+    drop(ntp);
 
     // The admin view says how the gateway and each device are inserted.
     let sock = h.socket("edge-01");

@@ -97,6 +97,10 @@ pub fn spawn_window_watch(
                 () = tokio::time::sleep(WINDOW_CHECK) => {}
             }
             let (plan, now) = (state.plan(), state.clock.now());
+            if plan.access.iter().all(|a| a.window.is_none()) {
+                warned.clear();
+                continue; // no windows: nothing to warn or cut, no snapshot taken
+            }
             let live = state.registry.snapshot();
             let mut ended = false;
             for l in &live {
