@@ -71,6 +71,10 @@ pub struct Plan {
     pub bridge: Option<Bridge>,
     /// This gateway's address on the hospital LAN.
     pub lan_address: IpAddr,
+    /// Learning data: every device flow recorded in per-device nft sets
+    /// (off in bridge insertion, whose bridged frames the inet table never
+    /// sees; see `nft::OBSERVE_SET_SIZE`).
+    pub observe: bool,
 }
 
 /// The three legs of a connection through a gateway (DESIGN §3.1). One
@@ -763,6 +767,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
         transparent_listener,
         bridge: gw.bridge.as_ref().map(|b| b.value.clone()),
         lan_address: gw.lan_address.value,
+        observe: gw.observe && gw.insertion != Insertion::Bridge,
     };
     Ok(plan)
 }

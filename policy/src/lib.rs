@@ -29,6 +29,7 @@ pub mod diag;
 pub mod diff;
 pub mod model;
 pub mod nft;
+pub mod observe;
 
 mod compile;
 mod parse;

@@ -105,6 +105,9 @@ pub struct Gateway {
     pub routers: Vec<Item<(IpAddr, u8)>>,
     /// Loopback port of the transparent listener (routed and bridge insertion).
     pub transparent_port: u16,
+    /// Learning data: record every flow of its devices (`observe = false`
+    /// turns it off; on by default, in monitor and enforce modes).
+    pub observe: bool,
     /// Bridge insertion: the bridge the gateway puts in the cable.
     pub bridge: Option<Item<Bridge>>,
 }

@@ -27,6 +27,15 @@
 //!   chain output      (hook output, priority 0, policy accept)
 //!     quarantine → drop (cuts the gateway's own legs to the device)
 //!   chain drop_<id>: count, log (rate limited), drop — or accept in monitor mode
+//!   set obs_<id> per device (learning data, unless `observe = false`):
+//!     dynamic, (source . destination . protocol . port) with a packet and
+//!     byte counter per element, OBSERVE_SET_SIZE elements at most, each
+//!     expiring OBSERVE_TIMEOUT after its last packet; ICMP keyed by
+//!     type × 256 + code; counter obs_full_<id>: packets the full set missed
+//!   chain observe     (hook prerouting, priority -190: after conntrack)
+//!     the original direction of every connection from or to a device →
+//!     obs_<id>: NFLOG (group OBSERVE_GROUP) when the key is new, then
+//!     update the set; a set that is full counts in obs_full_<id>
 //! ```
 //!
 //! The batch adds, deletes and re-adds the table before filling it, so one
@@ -37,14 +46,15 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem, Verdict,
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadBase, PayloadField, PayloadRaw,
+    SetItem, Verdict,
 };
 use nftables::schema::{
-    Chain, Counter as CounterObj, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType,
-    SetTypeValue, Table,
+    Chain, Counter as CounterObj, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag,
+    SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{
-    Counter, JumpTarget, Limit, Log, LogLevel, Mangle, Match, Operator, Statement, TProxy,
+    Counter, JumpTarget, Limit, Log, LogLevel, Mangle, Match, Operator, SetOp, Statement, TProxy,
     VerdictMap,
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -54,7 +64,23 @@ use crate::model::{ExceptionTarget, L4, Mode};
 
 /// [`render`] as JSON, for `nft -j -f -`.
 pub fn render_json(plan: &Plan) -> String {
-    serde_json::to_string(&render(plan)).expect("nft schema types always serialize")
+    let objects: Vec<String> = render(plan)
+        .objects
+        .iter()
+        .map(|o| match o {
+            // The `nftables` crate has no field for a set's element
+            // statements: each learning set gets its per-element counter here.
+            NfObject::CmdObject(NfCmd::Add(NfListObject::Set(set)))
+                if set.name.starts_with("obs_") =>
+            {
+                let mut v = serde_json::to_value(o).expect("nft schema types always serialize");
+                v["add"]["set"]["stmt"] = serde_json::json!([{ "counter": null }]);
+                v.to_string()
+            }
+            o => serde_json::to_string(o).expect("nft schema types always serialize"),
+        })
+        .collect();
+    format!("{{\"nftables\":[{}]}}", objects.join(","))
 }
 
 /// Name of Ward's table (family `inet`).
@@ -171,6 +197,31 @@ pub const TPROXY_MARK: u32 = 0x5741_0001;
 /// stopped) is routed as it is, to the forward chain, and dropped there
 /// without an answer, instead of reaching the local stack.
 pub const BRIDGE_MARK: u32 = 0x5741_0002;
+
+/// Elements of one device's learning set (`obs_<id>`): the kernel memory
+/// bound of observation (about 200 bytes an element). Flows past it are
+/// not recorded; their packets count in `obs_full_<id>`.
+pub const OBSERVE_SET_SIZE: u32 = 4096;
+
+/// A learning-set element expires this long after its last packet; the
+/// daemon reads the sets far more often.
+pub const OBSERVE_TIMEOUT_SECS: u32 = 3600;
+
+/// NFLOG group of first-seen events (one message per new flow).
+pub const OBSERVE_GROUP: u16 = 22337;
+
+/// NFLOG prefix of first-seen events.
+pub const OBSERVE_PREFIX: &str = "ward-obs";
+
+/// A device's learning set.
+pub fn observe_set(id: &str) -> String {
+    format!("obs_{id}")
+}
+
+/// Packets a device's full learning set could not record.
+pub fn observe_full_counter(id: &str) -> String {
+    format!("obs_full_{id}")
+}
 
 /// Routing table of intercepted connections (see [`TPROXY_MARK`]).
 pub const TPROXY_TABLE: u32 = 22337;
@@ -632,6 +683,10 @@ pub fn render(plan: &Plan) -> Nftables<'static> {
         vec![quarantine_dst(), counter(), drop()],
     );
 
+    if plan.observe {
+        render_observe(&mut b, &devices);
+    }
+
     render_bridge(plan, &mut b.objects, &verdict, &identity);
     render_arp(plan, &mut b.objects, &verdict, &identity);
 
@@ -987,6 +1042,124 @@ fn reply_match(e: &ExceptionPlan) -> Vec<S> {
         (L4::Udp, Some(p)) => vec![is(field("udp", "sport"), Expression::Number(u32::from(p)))],
         (L4::Tcp, None) => vec![is(meta(MetaKey::L4proto), s("tcp"))],
         (L4::Udp, None) => vec![is(meta(MetaKey::L4proto), s("udp"))],
+    }
+}
+
+/// The learning sets and the `observe` chain (see the module docs).
+fn render_observe(b: &mut Batch, devices: &[&DevicePlan]) {
+    let devices: Vec<_> = devices.iter().filter(|d| d.ip.is_ipv4()).collect();
+    if devices.is_empty() {
+        return;
+    }
+    for d in &devices {
+        b.add(NfListObject::Set(Box::new(Set {
+            family: b.family,
+            table: TABLE.into(),
+            name: Cow::Owned(observe_set(&d.id)),
+            handle: None,
+            set_type: SetTypeValue::Concatenated(
+                vec![
+                    SetType::Ipv4Addr,
+                    SetType::Ipv4Addr,
+                    SetType::InetProto,
+                    SetType::InetService,
+                ]
+                .into(),
+            ),
+            policy: None,
+            flags: Some([SetFlag::Timeout].into_iter().collect()),
+            elem: None,
+            timeout: Some(OBSERVE_TIMEOUT_SECS),
+            gc_interval: None,
+            size: Some(OBSERVE_SET_SIZE),
+            comment: None,
+        })));
+        b.counter(&observe_full_counter(&d.id));
+        b.chain(&format!("obs_{}", d.id), None);
+    }
+    b.chain(
+        "observe",
+        Some((NfHook::Prerouting, -190, NfChainPolicy::Accept)),
+    );
+    let by: Vec<(E, String)> = devices
+        .iter()
+        .map(|d| (s(d.ip.to_string()), format!("obs_{}", d.id)))
+        .collect();
+    let original = || is(ct("direction"), s("original"));
+    b.rule(
+        "observe",
+        Some("from a device"),
+        vec![original(), vmap(field("ip", "saddr"), by.clone())],
+    );
+    b.rule(
+        "observe",
+        Some("to a device"),
+        vec![original(), vmap(field("ip", "daddr"), by)],
+    );
+    for d in &devices {
+        let chain = format!("obs_{}", d.id);
+        let set = format!("@{}", observe_set(&d.id));
+        for (protos, last) in [
+            (set_of([s("tcp"), s("udp")]), field("th", "dport")),
+            (
+                s("icmp"),
+                Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
+                    base: PayloadBase::TH,
+                    offset: 0,
+                    len: 16,
+                }))),
+            ),
+        ] {
+            let key = Expression::Named(NamedExpression::Concat(vec![
+                field("ip", "saddr"),
+                field("ip", "daddr"),
+                meta(MetaKey::L4proto),
+                last,
+            ]));
+            b.rule(
+                &chain,
+                Some("first seen"),
+                vec![
+                    is(meta(MetaKey::L4proto), protos.clone()),
+                    Statement::Match(Match {
+                        left: key.clone(),
+                        right: s(set.clone()),
+                        op: Operator::NEQ,
+                    }),
+                    Statement::Log(Some(Log {
+                        prefix: Some(OBSERVE_PREFIX.into()),
+                        group: Some(u32::from(OBSERVE_GROUP)),
+                        snaplen: Some(64),
+                        ..Log::new(None)
+                    })),
+                ],
+            );
+            b.rule(
+                &chain,
+                None,
+                vec![
+                    is(meta(MetaKey::L4proto), protos),
+                    Statement::Set(nftables::stmt::Set {
+                        op: SetOp::Update,
+                        elem: key,
+                        set: set.clone().into(),
+                    }),
+                    Statement::Return(None),
+                ],
+            );
+        }
+        // Reached by TCP, UDP and ICMP only when the update failed: the set is full.
+        b.rule(
+            &chain,
+            Some("learning set full"),
+            vec![
+                is(
+                    meta(MetaKey::L4proto),
+                    set_of([s("tcp"), s("udp"), s("icmp")]),
+                ),
+                Statement::Counter(Counter::Named(Cow::Owned(observe_full_counter(&d.id)))),
+            ],
+        );
     }
 }
 

@@ -197,6 +197,21 @@ impl<'a, 'i> Obj<'a, 'i> {
         }
     }
 
+    fn bool(&mut self, d: &mut Diagnostics, k: &'static str) -> Option<Item<bool>> {
+        let v = self.get(k)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(Item::new(*b, v.span())),
+            other => {
+                d.error(
+                    &v.span(),
+                    self.key(k),
+                    format!("expected true or false, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
     fn string_list(&mut self, d: &mut Diagnostics, k: &'static str) -> Vec<Item<String>> {
         let Some(v) = self.get(k) else {
             return Vec::new();
@@ -497,6 +512,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
         let transparent_port = o
             .int(d, "transparent_port", 1..=65535)
             .map_or(DEFAULT_TRANSPARENT_PORT, |p| p.value as u16);
+        let observe = o.bool(d, "observe").is_none_or(|b| b.value);
         let bridge = o.table(d, "bridge").and_then(|mut b| {
             let span = b.span.clone();
             let name = b.req_string(d, "name");
@@ -528,6 +544,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                     insertion,
                     routers,
                     transparent_port,
+                    observe,
                     bridge,
                 },
             );

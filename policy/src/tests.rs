@@ -847,3 +847,45 @@ fn routed_insertion_validation() {
         "{e:?}"
     );
 }
+
+/// Learning data is judged with the plan's own decisions: a flow's
+/// listener, an exception (protocol and port included), else denied; what
+/// reaches a device directly is denied; a quarantined device's flows too.
+#[test]
+fn judge_observed_flows() {
+    use crate::observe::{Direction, FlowKey, Judgement, TCP, UDP};
+    let edge = compile(&example(), "edge-01").expect("edge");
+    let key = |src: &str, dst: &str, proto, port| FlowKey {
+        src: src.parse().expect("ip"),
+        dst: dst.parse().expect("ip"),
+        proto,
+        port,
+    };
+    let ct = "198.51.100.2";
+    for (k, want) in [
+        (
+            key(ct, "198.51.100.1", TCP, 104),
+            Judgement::Flow("ct2-to-pacs".into()),
+        ),
+        (
+            key(ct, "192.0.2.123", UDP, 123),
+            Judgement::Exception("ntp".into()),
+        ),
+        (key(ct, "192.0.2.123", TCP, 123), Judgement::Denied),
+        (key(ct, "192.0.2.123", UDP, 124), Judgement::Denied),
+        (key(ct, "192.0.2.77", TCP, 8080), Judgement::Denied),
+        (key(ct, "198.51.100.17", TCP, 2575), Judgement::Denied),
+        (key("192.0.2.5", ct, TCP, 22), Judgement::Denied),
+    ] {
+        assert_eq!(edge.judge(&k), want, "{k}");
+    }
+    let (dev, dir) = edge
+        .device_of(&key("192.0.2.5", ct, TCP, 22))
+        .expect("a device's flow");
+    assert_eq!((dev.id.as_str(), dir), ("ct-scanner-2", Direction::In));
+    let q = edge.with_quarantine(["ct-scanner-2"]);
+    assert_eq!(
+        q.judge(&key(ct, "198.51.100.1", TCP, 104)),
+        Judgement::Quarantined
+    );
+}

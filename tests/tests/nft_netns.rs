@@ -81,8 +81,23 @@ fn example_ruleset_applies_and_reads_back() {
             "dev_monitor-icu-3",
             "dev_pump-icu-01",
             "dev_pump-icu-02",
-            "unknown_src"
+            "unknown_src",
+            "obs_full_ct-scanner-2",
+            "obs_full_monitor-icu-3",
+            "obs_full_pump-icu-01",
+            "obs_full_pump-icu-02",
         ]
+    );
+    // Each device's learning set, bounded, with a counter per element.
+    let obs = objects(&table, "set")
+        .into_iter()
+        .find(|s| s["name"] == "obs_pump-icu-01")
+        .expect("learning set of pump-icu-01");
+    assert_eq!(obs["size"], ward_policy::nft::OBSERVE_SET_SIZE, "{obs}");
+    assert_eq!(
+        obs["stmt"],
+        serde_json::json!([{ "counter": null }]),
+        "{obs}"
     );
     let listen4 = objects(&table, "set")
         .into_iter()
