@@ -50,6 +50,8 @@ enum Command {
     Flow(online::FlowCommand),
     /// Reload configuration, policy and certificates (like SIGHUP).
     Reload,
+    /// What each device was seen talking to (learning mode); `observe export FILE` saves it.
+    Observe(online::ObserveArgs),
     /// Read the audit trail (offline): check its chain, or show its records.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -191,6 +193,7 @@ fn main() -> ExitCode {
         Command::Device(c) => online::run(online::Verb::Device(c), cli.socket, cli.json),
         Command::Flow(c) => online::run(online::Verb::Flow(c), cli.socket, cli.json),
         Command::Reload => online::run(online::Verb::Reload, cli.socket, cli.json),
+        Command::Observe(a) => online::run(online::Verb::Observe(a), cli.socket, cli.json),
         Command::Audit(AuditCommand::Verify { file }) => audit_verify(&file, cli.json),
         Command::Audit(AuditCommand::Show { file, kind }) => {
             audit_show(&file, kind.as_deref(), cli.json)

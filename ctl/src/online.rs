@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -58,7 +58,12 @@ pub enum CallError {
     Other(anyhow::Error),
 }
 
-async fn call(socket: &Path, method: Method, path: &str) -> Result<(StatusCode, Bytes), CallError> {
+async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), CallError> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         CallError::Unreachable(format!("cannot reach wardd at {}: {e}", socket.display()))
     })?;
@@ -75,7 +80,7 @@ async fn call(socket: &Path, method: Method, path: &str) -> Result<(StatusCode, 
         .method(method)
         .uri(path)
         .header("host", "wardd")
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(body))
         .map_err(|e| CallError::Other(e.into()))?;
     let resp = sender
         .send_request(req)
@@ -107,7 +112,17 @@ fn get<T: serde::de::DeserializeOwned>(
     method: Method,
     path: &str,
 ) -> Result<(T, Bytes), CallError> {
-    let (status, body) = rt.block_on(call(socket, method, path))?;
+    send(rt, socket, method, path, Bytes::new())
+}
+
+fn send<T: serde::de::DeserializeOwned>(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(T, Bytes), CallError> {
+    let (status, body) = rt.block_on(call(socket, method, path, body))?;
     let v = parse(status, &body)?;
     Ok((v, body))
 }
@@ -122,6 +137,147 @@ pub enum Verb {
     Flow(FlowCommand),
     /// `reload`.
     Reload,
+    /// `observe ...`.
+    Observe(ObserveArgs),
+}
+
+/// `wardctl observe`: what each device was seen talking to.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ObserveArgs {
+    /// Only this device.
+    pub device: Option<String>,
+    /// Only flows seen within this long (e.g. 10m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = since_parser)]
+    pub since: Option<Duration>,
+    #[command(subcommand)]
+    pub command: Option<ObserveCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObserveCommand {
+    /// Write everything observed to FILE (JSON), for `policy suggest` and `policy simulate`.
+    Export {
+        /// Output file.
+        file: PathBuf,
+        /// Only flows seen within this long.
+        #[arg(long, value_name = "DURATION", value_parser = since_parser)]
+        since: Option<Duration>,
+    },
+}
+
+fn since_parser(s: &str) -> Result<Duration, String> {
+    ward_policy::parse_duration(s)
+        .ok_or_else(|| format!("\"{s}\" is not a duration (e.g. 30s, 10m, 24h, 7d)"))
+}
+
+fn observed_path(since: Option<Duration>) -> String {
+    match since {
+        None => "/v1/observed".to_owned(),
+        Some(d) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |n| n.as_secs());
+            format!("/v1/observed?since={}", now.saturating_sub(d.as_secs()))
+        }
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SSZ`.
+pub fn when(t: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t as i64).map_or_else(
+        |_| t.to_string(),
+        |d| {
+            format!(
+                "{} {:02}:{:02}:{:02}Z",
+                d.date(),
+                d.hour(),
+                d.minute(),
+                d.second()
+            )
+        },
+    )
+}
+
+/// What a flow's verdict says, for people.
+pub fn verdict_text(v: &ward_api::observed::Verdict) -> String {
+    use ward_api::observed::Judgement;
+    match &v.by {
+        Judgement::Flow(_) | Judgement::Exception(_) => format!("{} ({})", v.action, v.by),
+        _ => v.action.clone(),
+    }
+}
+
+fn print_observed(o: &ward_api::observed::Observed, device: Option<&str>) {
+    use ward_api::observed::Direction;
+    println!(
+        "gateway {} ({} mode), observed at {}; first-seen events lost: {}",
+        o.gateway,
+        o.mode,
+        when(o.at),
+        o.nflog_lost
+    );
+    for d in o
+        .devices
+        .iter()
+        .filter(|d| device.is_none_or(|id| id == d.id))
+    {
+        println!();
+        println!(
+            "{} ({}{}): {} flows, {} connection groups; set overflow {} packets, evicted {} flows",
+            d.id,
+            d.ip,
+            d.class
+                .as_deref()
+                .map(|c| format!(", {c}"))
+                .unwrap_or_default(),
+            d.flows.len(),
+            d.tunnels.len(),
+            d.overflow_packets,
+            d.evicted
+        );
+        if !d.flows.is_empty() {
+            println!(
+                "  {:<3} {:<15} {:<16} {:>9} {:>10}  {:<20} {:<20}  VERDICT",
+                "DIR", "PEER", "PROTO/PORT", "PACKETS", "BYTES", "FIRST SEEN", "LAST SEEN"
+            );
+        }
+        for f in &d.flows {
+            let (dir, peer) = match f.direction {
+                Direction::Out => ("out", f.key.dst),
+                Direction::In => ("in", f.key.src),
+            };
+            let port = match f.key.proto {
+                ward_policy::observe::ICMP => {
+                    format!("icmp {}/{}", f.key.port >> 8, f.key.port & 0xff)
+                }
+                _ => format!("{}/{}", f.key.proto_name(), f.key.port),
+            };
+            println!(
+                "  {:<3} {:<15} {:<16} {:>9} {:>10}  {:<20} {:<20}  {}",
+                dir,
+                peer.to_string(),
+                port,
+                f.packets,
+                bytes(f.bytes),
+                when(f.first_seen),
+                when(f.last_seen),
+                verdict_text(&f.verdict)
+            );
+        }
+        for t in &d.tunnels {
+            println!(
+                "  carried: flow {} ({}) {} — {} connections, up {}, down {}, last {}",
+                t.flow,
+                t.leg,
+                if t.peer.is_empty() { "-" } else { &t.peer },
+                t.connections,
+                bytes(t.bytes_up),
+                bytes(t.bytes_down),
+                when(t.last_seen)
+            );
+        }
+    }
 }
 
 pub fn run(verb: Verb, socket: PathBuf, json: bool) -> anyhow::Result<Exit> {
@@ -332,6 +488,64 @@ fn run_inner(
             }
             std::thread::sleep(Duration::from_secs(1));
         },
+        Verb::Observe(ObserveArgs {
+            command: Some(ObserveCommand::Export { file, since }),
+            ..
+        }) => {
+            let (o, _): (ward_api::observed::Observed, _) =
+                get(rt, socket, Method::GET, &observed_path(since))?;
+            let text = serde_json::to_vec_pretty(&o).map_err(|e| CallError::Other(e.into()))?;
+            std::fs::write(&file, text)
+                .with_context(|| format!("writing {}", file.display()))
+                .map_err(CallError::Other)?;
+            let flows: usize = o.devices.iter().map(|d| d.flows.len()).sum();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"file": file, "devices": o.devices.len(), "flows": flows})
+                );
+            } else {
+                println!(
+                    "{}: {} devices, {} flows observed by {}",
+                    file.display(),
+                    o.devices.len(),
+                    flows,
+                    o.gateway
+                );
+            }
+        }
+        Verb::Observe(ObserveArgs {
+            device,
+            since,
+            command: None,
+        }) => {
+            let (o, body): (ward_api::observed::Observed, _) =
+                get(rt, socket, Method::GET, &observed_path(since))?;
+            if let Some(id) = &device
+                && !o.devices.iter().any(|d| &d.id == id)
+            {
+                return Err(CallError::Api(
+                    StatusCode::NOT_FOUND,
+                    format!("nothing observed for device {id:?}"),
+                ));
+            }
+            if json {
+                match &device {
+                    None => println!("{}", String::from_utf8_lossy(&body).trim_end()),
+                    Some(id) => {
+                        let mut o = o;
+                        o.devices.retain(|d| &d.id == id);
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&o)
+                                .map_err(|e| CallError::Other(e.into()))?
+                        );
+                    }
+                }
+            } else {
+                print_observed(&o, device.as_deref());
+            }
+        }
         Verb::Reload => {
             let (r, body): (ReloadResult, _) = get(rt, socket, Method::POST, "/v1/reload")?;
             out(json, &body, || {

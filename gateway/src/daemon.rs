@@ -29,6 +29,7 @@ use crate::audit::forward::{self, Forwarder};
 use crate::config::{Config, LoadError};
 use crate::control::nft::{ApplyError, Nft};
 use crate::control::{self, Control, Sources, Started};
+use crate::observe::{self, Observer};
 use crate::ops::telemetry;
 use crate::proxy::{BindError, Clock, Listeners, ProxyState, Serving};
 use crate::transport::quic::{self, QuicPool};
@@ -219,6 +220,12 @@ impl Gateway {
             audit.clone(),
         ));
         telemetry::register_metrics(telemetry, proxy.registry.clone());
+        let observer = Arc::new(Observer::new(
+            config.state_dir.clone(),
+            config.apply_nft.then(Nft::default),
+            plan_tx.subscribe(),
+            proxy.registry.clone(),
+        ));
         let forwarder = config.audit_forward.clone().map(|target| Forwarder {
             trail: audit_path,
             state_dir: config.state_dir.clone(),
@@ -238,6 +245,7 @@ impl Gateway {
                 plan_tx,
                 tls_tx,
                 listeners: addrs.iter().map(|(w, a)| format!("{w}={a}")).collect(),
+                observer: observer.clone(),
             },
         ));
         info!(
@@ -300,6 +308,25 @@ impl Gateway {
             forward::spawn_forwarder(&tracker, f, root.clone());
         }
         control::spawn_file_watch(&tracker, self.control.clone(), root.clone());
+        let nflog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let observer = self.control.observer().clone();
+        if self.config.apply_nft && observer.enabled() {
+            observe::spawn_poller(
+                &tracker,
+                observer.clone(),
+                self.config.observe_poll,
+                root.clone(),
+            );
+            match observe::nflog::bind().and_then(|s| {
+                observe::nflog::spawn_reader(s, observer, nflog_stop.clone())
+                    .map_err(observe::nflog::NflogError::from)
+            }) {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "first-seen events unavailable: flows are still counted, first seen at poll granularity")
+                }
+            }
+        }
         crate::proxy::spawn_window_watch(&tracker, self.proxy.clone(), root.clone());
         // systemd (Type=notify): ready only now, with every port bound and
         // the ruleset applied. Outside systemd these calls do nothing.
@@ -323,6 +350,7 @@ impl Gateway {
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        nflog_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         root.cancel();
         tracker.close();
         let open = self.proxy.registry.snapshot().len();

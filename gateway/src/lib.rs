@@ -49,6 +49,7 @@ pub mod audit;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod observe;
 pub mod ops;
 pub mod proxy;
 pub mod transport;

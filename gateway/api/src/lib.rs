@@ -8,6 +8,7 @@
 //! - `GET /v1/devices` → `[Device]`, `GET /v1/devices/{id}` → [`Device`]
 //! - `GET /v1/flows` → `[Flow]` (live connections)
 //! - `GET /v1/policy` → the compiled plan of this gateway
+//! - `GET /v1/observed[?since=SECONDS]` → [`observed::Observed`] (learning data)
 //! - `POST /v1/reload` → [`ReloadResult`]
 //! - `POST /v1/devices/{id}/quarantine`, `POST /v1/devices/{id}/release` → [`Device`]
 //!
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod observed;
 
 use serde::{Deserialize, Serialize};
 pub use ward_policy::{Inventory, Leg};

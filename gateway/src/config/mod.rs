@@ -225,6 +225,14 @@ struct Raw {
     metrics_listen: String,
     audit: RawAudit,
     telemetry: RawTelemetry,
+    observe: RawObserve,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObserve {
+    /// How often the learning sets are read.
+    poll: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -294,6 +302,7 @@ impl Default for Raw {
             metrics_listen: "127.0.0.1:9464".into(),
             audit: RawAudit::default(),
             telemetry: RawTelemetry::default(),
+            observe: RawObserve { poll: "30s".into() },
         }
     }
 }
@@ -365,6 +374,8 @@ pub struct Config {
     pub tls: TlsPaths,
     /// How often TLS files are checked for a changed modification time.
     pub tls_watch: Duration,
+    /// How often the learning sets are read (`observe.poll`).
+    pub observe_poll: Duration,
     /// `[limits]`.
     pub limits: Limits,
     /// Apply the nftables ruleset (false only for unprivileged tests).
@@ -479,6 +490,17 @@ impl Config {
             &raw.limits.drain_timeout,
         );
         let tls_watch = duration(&mut issue, "tls.watch_interval", &raw.tls.watch_interval);
+        let observe_poll = duration(&mut issue, "observe.poll", &raw.observe.poll);
+        let most = Duration::from_secs(u64::from(ward_policy::nft::OBSERVE_TIMEOUT_SECS) / 4);
+        if observe_poll.is_zero() || observe_poll > most {
+            issue(
+                "observe.poll",
+                format!(
+                    "must be between 1s and {} (well inside the learning sets' element timeout)",
+                    ward_policy::model::format_duration(most)
+                ),
+            );
+        }
         let gateway = raw.gateway.clone().unwrap_or_else(|| {
             issue("gateway", "required: the name of this gateway in the policy (gateway = \"edge-01\", WARD_GATEWAY or --gateway)".into());
             String::new()
@@ -596,6 +618,7 @@ impl Config {
                 crl: raw.tls.crl.map(Into::into),
             },
             tls_watch,
+            observe_poll,
             limits: Limits {
                 handshake_timeout,
                 max_handshakes: raw.limits.max_handshakes,

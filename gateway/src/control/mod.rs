@@ -27,6 +27,7 @@ use ward_api::{Device, Flow, FlowWindow, ReloadResult, Status};
 use ward_policy::Plan;
 
 use crate::config::{self, Config, LoadError, Overrides};
+use crate::observe::Observer;
 use crate::proxy::ProxyState;
 use crate::proxy::window::{WindowState, window_state};
 use crate::transport::tls::TlsMaterial;
@@ -128,6 +129,7 @@ pub struct Control {
     last_reload: Mutex<Option<ReloadResult>>,
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
+    observer: Arc<Observer>,
 }
 
 fn now_secs() -> u64 {
@@ -160,6 +162,8 @@ pub struct Started {
     pub tls_tx: watch::Sender<Arc<TlsMaterial>>,
     /// Every bound address, for `wardctl status`.
     pub listeners: Vec<String>,
+    /// The learning store.
+    pub observer: Arc<Observer>,
 }
 
 impl Control {
@@ -183,6 +187,7 @@ impl Control {
             last_reload: Mutex::new(None),
             reloads_ok: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
+            observer: s.observer,
         }
     }
 
@@ -196,13 +201,25 @@ impl Control {
         self.plan_tx.borrow().clone()
     }
 
-    /// Apply `plan`'s ruleset on a blocking thread (nothing when nft is off).
+    /// The learning store.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
+    /// Apply `plan`'s ruleset on a blocking thread (nothing when nft is
+    /// off). The learning sets are read first: replacing the table empties them.
     async fn apply(&self, plan: &Arc<Plan>) -> Result<(), ControlError> {
         if let Some(nft) = self.nft.clone() {
             let plan = plan.clone();
+            let observer = self.observer.clone();
             blocking(move || {
                 nft.prepare_interception(&plan)?;
-                nft.apply_json(&ward_policy::nft::render_json(&plan))
+                if let Err(e) = observer.poll() {
+                    warn!(error = %e, "cannot read the learning sets before replacing them");
+                }
+                nft.apply_json(&ward_policy::nft::render_json(&plan))?;
+                observer.kernel_reset();
+                Ok::<_, ApplyError>(())
             })
             .await??;
         }
@@ -489,6 +506,12 @@ impl Control {
                 }
             })
             .collect()
+    }
+
+    /// `GET /v1/observed`: what each device was seen talking to since
+    /// `since` (Unix seconds), judged by the plan in force.
+    pub fn observed(&self, since: u64) -> ward_api::observed::Observed {
+        self.observer.snapshot(since, revision(&self.plan()))
     }
 
     /// `GET /v1/flows`: live connections.

@@ -341,6 +341,23 @@ impl Nft {
         Ok(all)
     }
 
+    /// The elements of learning set `name` in table `inet ward` (none when
+    /// the table or the set does not exist).
+    pub fn list_observed(&self, name: &str) -> Result<Vec<SetElement>, ApplyError> {
+        let Some(v) = self.list(&["list", "set", "inet", ward_policy::nft::TABLE, name])? else {
+            return Ok(Vec::new());
+        };
+        let elems = v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("set"))
+            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default());
+        Ok(elems
+            .filter_map(|e| SetElement::parse(&e["elem"]))
+            .collect())
+    }
+
     fn list(&self, args: &[&str]) -> Result<Option<serde_json::Value>, ApplyError> {
         let out = self
             .command()
@@ -364,6 +381,49 @@ impl Nft {
         serde_json::from_slice(&out.stdout)
             .map(Some)
             .map_err(ApplyError::BadOutput)
+    }
+}
+
+/// One element of a learning set, as `nft -j list set` prints it:
+/// `{"val":{"concat":[src,dst,proto,port]},"expires":s,"counter":{...}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetElement {
+    /// The flow.
+    pub key: ward_policy::observe::FlowKey,
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+    /// Seconds until it expires (the set timeout after its last packet).
+    pub expires: u64,
+}
+
+impl SetElement {
+    fn parse(e: &serde_json::Value) -> Option<SetElement> {
+        let c = e["val"]["concat"].as_array()?;
+        let [src, dst, proto, port] = c.as_slice() else {
+            return None;
+        };
+        let proto = match proto {
+            serde_json::Value::String(p) => match p.as_str() {
+                "tcp" => ward_policy::observe::TCP,
+                "udp" => ward_policy::observe::UDP,
+                "icmp" => ward_policy::observe::ICMP,
+                _ => return None,
+            },
+            p => u8::try_from(p.as_u64()?).ok()?,
+        };
+        Some(SetElement {
+            key: ward_policy::observe::FlowKey {
+                src: src.as_str()?.parse().ok()?,
+                dst: dst.as_str()?.parse().ok()?,
+                proto,
+                port: u16::try_from(port.as_u64()?).ok()?,
+            },
+            packets: e["counter"]["packets"].as_u64().unwrap_or(0),
+            bytes: e["counter"]["bytes"].as_u64().unwrap_or(0),
+            expires: e["expires"].as_u64().unwrap_or(0),
+        })
     }
 }
 

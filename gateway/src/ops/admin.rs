@@ -23,6 +23,9 @@ pub enum AdminError {
     /// No such path.
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// A malformed request.
+    #[error("{0}")]
+    BadRequest(String),
     /// Wrong method for the path.
     #[error("method not allowed")]
     Method,
@@ -42,6 +45,7 @@ impl AdminError {
                 StatusCode::NOT_FOUND
             }
             AdminError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::ReloadRejected(_) => StatusCode::CONFLICT,
             AdminError::Control(
                 ControlError::Load(_)
@@ -69,6 +73,7 @@ async fn route(
 ) -> Result<Response<Full<Bytes>>, AdminError> {
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
     // Bodies are not used by any endpoint; drain them so keep-alive works.
     let _ = req.into_body().collect().await;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -83,6 +88,15 @@ async fn route(
         }
         (Method::GET, ["v1", "flows"]) => Ok(json(StatusCode::OK, &control.flows())),
         (Method::GET, ["v1", "policy"]) => Ok(json(StatusCode::OK, &*control.plan())),
+        (Method::GET, ["v1", "observed"]) => {
+            let since = match query.split('&').find_map(|kv| kv.strip_prefix("since=")) {
+                None => 0,
+                Some(v) => v.parse().map_err(|_| {
+                    AdminError::BadRequest(format!("since={v}: expected Unix seconds"))
+                })?,
+            };
+            Ok(json(StatusCode::OK, &control.observed(since)))
+        }
         (Method::POST, ["v1", "reload"]) => {
             control.proxy().audit.record(AuditEvent::Admin {
                 action: AdminAction::Reload,
@@ -109,7 +123,10 @@ async fn route(
         (
             _,
             ["live" | "ready"]
-            | ["v1", "status" | "devices" | "flows" | "policy" | "reload"]
+            | [
+                "v1",
+                "status" | "devices" | "flows" | "policy" | "reload" | "observed",
+            ]
             | ["v1", "devices", _]
             | ["v1", "devices", _, _],
         ) => Err(AdminError::Method),

@@ -178,6 +178,45 @@ pub async fn render(control: &Control) -> String {
     family(&mut o, congestion, "peer", &paths, |p| {
         p.path.congestion_events
     });
+    // Learning mode: what the store holds and what it could not record.
+    let observer = control.observer();
+    let counts = observer.counts();
+    let rows: Vec<(String, (u64, u64, u64))> = counts
+        .into_iter()
+        .map(|(id, f, o, e)| (id, (f, o, e)))
+        .collect();
+    for (name, kind, help, pick) in [
+        (
+            "ward_observed_flows",
+            "gauge",
+            "Flows a device was seen with, kept in the learning store.",
+            (|c: &(u64, u64, u64)| c.0) as fn(&(u64, u64, u64)) -> u64,
+        ),
+        (
+            "ward_observe_overflow_packets_total",
+            "counter",
+            "Packets a device's full learning set could not record.",
+            |c| c.1,
+        ),
+        (
+            "ward_observe_evicted_flows_total",
+            "counter",
+            "Flows the bounded learning store dropped (seen longest ago first).",
+            |c| c.2,
+        ),
+    ] {
+        family(&mut o, (name, kind, help), "device", &rows, pick);
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ward_observe_nflog_lost_total First-seen events lost between the kernel and wardd.\n# TYPE ward_observe_nflog_lost_total counter\nward_observe_nflog_lost_total {}",
+        observer.nflog_lost.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP ward_observe_poll_errors_total Reads of the learning sets that failed.\n# TYPE ward_observe_poll_errors_total counter\nward_observe_poll_errors_total {}",
+        observer.poll_errors.load(Ordering::Relaxed)
+    );
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let _ = writeln!(
         o,

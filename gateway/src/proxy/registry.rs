@@ -126,6 +126,45 @@ pub struct Registry {
     flows: Mutex<HashMap<String, Arc<FlowStats>>>,
     sources: Mutex<HashMap<IpAddr, u32>>,
     handshakes: Mutex<HashMap<(Leg, HandshakeFailure), u64>>,
+    carried: Mutex<HashMap<CarriedKey, Carried>>,
+}
+
+/// (device, flow, leg, peer) of [`Carried`].
+pub type CarriedKey = (String, String, Leg, String);
+
+/// Most (device, flow, leg, peer) aggregates kept; connections of others
+/// still count in the flow statistics.
+pub const MAX_CARRIED: usize = 4096;
+
+/// Connections a gateway carried for a device since start, per flow, leg
+/// and peer (learning data; ended connections' bytes included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Connections opened.
+    pub connections: u64,
+    /// Bytes of ended connections towards the far end.
+    pub bytes_up: u64,
+    /// Bytes of ended connections towards the device.
+    pub bytes_down: u64,
+    /// First opened (Unix seconds).
+    pub first: u64,
+    /// Last opened or ended (Unix seconds).
+    pub last: u64,
+}
+
+fn carried_key(l: &Live) -> CarriedKey {
+    (
+        l.device.clone(),
+        l.flow.clone(),
+        l.grant.leg(),
+        l.peer.clone().unwrap_or_default(),
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Removes its connection from the registry when dropped.
@@ -139,11 +178,24 @@ pub struct LiveGuard {
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
-        self.registry
+        let ended = self
+            .registry
             .live
             .lock()
             .expect("registry lock poisoned")
             .remove(&self.id);
+        if let Some(l) = ended {
+            let mut carried = self
+                .registry
+                .carried
+                .lock()
+                .expect("registry lock poisoned");
+            if let Some(c) = carried.get_mut(&carried_key(&l)) {
+                c.bytes_up += l.counters.up.load(Ordering::Relaxed);
+                c.bytes_down += l.counters.down.load(Ordering::Relaxed);
+                c.last = unix_now();
+            }
+        }
     }
 }
 
@@ -204,10 +256,20 @@ impl Registry {
             return None;
         }
         stats.opened.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_now();
         stats.last_opened.store(now, Ordering::Relaxed);
+        {
+            let mut carried = self.carried.lock().expect("registry lock poisoned");
+            let key = carried_key(&live);
+            if carried.len() < MAX_CARRIED || carried.contains_key(&key) {
+                let c = carried.entry(key).or_insert(Carried {
+                    first: now,
+                    ..Carried::default()
+                });
+                c.connections += 1;
+                c.last = now;
+            }
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.live
             .lock()
@@ -233,6 +295,19 @@ impl Registry {
             l.cancel.cancel();
         }
         hit
+    }
+
+    /// Connections carried since start per (device, flow, leg, peer),
+    /// the live ones' bytes so far included.
+    pub fn carried(&self) -> Vec<(CarriedKey, Carried)> {
+        let mut all = self.carried.lock().expect("registry lock poisoned").clone();
+        for l in self.snapshot() {
+            if let Some(c) = all.get_mut(&carried_key(&l)) {
+                c.bytes_up += l.counters.up.load(Ordering::Relaxed);
+                c.bytes_down += l.counters.down.load(Ordering::Relaxed);
+            }
+        }
+        all.into_iter().collect()
     }
 
     /// A copy of every live connection.

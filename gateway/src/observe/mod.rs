@@ -1,0 +1,487 @@
+//! Learning mode, the daemon's side (DESIGN §5.2,
+//! `shared/notes/learning-mode.md`): what each device behind this gateway
+//! talks to, in monitor and enforce modes alike.
+//!
+//! Three sources, each exact in what it gives:
+//! - each device's learning set (`obs_<id>`, see `ward_policy::nft`):
+//!   packets and bytes per (source, destination, protocol, port), and last
+//!   seen from the element's expiry, read every `observe.poll` (and before
+//!   every ruleset replacement, which empties the sets);
+//! - NFLOG, one message per new flow ([`nflog`]): the first-seen time,
+//!   with lost messages counted from the sequence numbers (a lost message
+//!   only makes a first-seen time coarser: the next poll finds the flow);
+//! - the registry: connections the gateway carried per flow and peer.
+//!
+//! The store is bounded: at most [`MAX_FLOWS`] flows and [`MAX_TUNNELS`]
+//! carried aggregates per device; when full, the flow seen longest ago is
+//! evicted and counted. One flow costs about 150 bytes (measured by the
+//! learning benchmark), so a device costs at most about 0.6 MiB and 100
+//! devices about 60 MiB. The store is written to `state_dir/observed.json`
+//! after every poll and read back at start.
+
+pub mod nflog;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+use ward_api::observed::{
+    FORMAT, FlowKey, Observed, ObservedDevice, ObservedFlow, ObservedTunnel, Verdict,
+};
+use ward_policy::Plan;
+use ward_policy::model::Mode;
+use ward_policy::nft::{OBSERVE_SET_SIZE, OBSERVE_TIMEOUT_SECS, observe_full_counter, observe_set};
+
+use crate::control::nft::{ApplyError, Nft};
+use crate::proxy::registry::Registry;
+
+/// Most flows kept per device: as many as its learning set holds.
+pub const MAX_FLOWS: usize = OBSERVE_SET_SIZE as usize;
+/// Most carried-connection aggregates kept per device.
+pub const MAX_TUNNELS: usize = 256;
+/// The store's file in `state_dir`.
+pub const FILE: &str = "observed.json";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One flow's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Rec {
+    first: u64,
+    last: u64,
+    packets: u64,
+    bytes: u64,
+    /// The kernel element's counters at the last read (reset when the
+    /// ruleset is replaced, and not kept across restarts: the start
+    /// replaces the ruleset).
+    #[serde(skip)]
+    seen_packets: u64,
+    #[serde(skip)]
+    seen_bytes: u64,
+}
+
+/// Connections carried in earlier runs, per (flow, leg, peer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct TunnelRec {
+    flow: String,
+    leg: String,
+    peer: String,
+    connections: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+    first: u64,
+    last: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DevStore {
+    #[serde(with = "pairs")]
+    flows: HashMap<FlowKey, Rec>,
+    /// Carried connections of earlier runs (this run's are in the registry).
+    tunnels: Vec<TunnelRec>,
+    overflow_packets: u64,
+    evicted: u64,
+    #[serde(skip)]
+    seen_overflow: u64,
+}
+
+/// A map with struct keys as a JSON list of pairs.
+mod pairs {
+    use super::{FlowKey, HashMap, Rec};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &HashMap<FlowKey, Rec>, s: S) -> Result<S::Ok, S::Error> {
+        let mut v: Vec<_> = m.iter().collect();
+        v.sort_by_key(|(k, _)| **k);
+        s.collect_seq(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashMap<FlowKey, Rec>, D::Error> {
+        Ok(Vec::<(FlowKey, Rec)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+impl DevStore {
+    /// Make room for one more flow: evict the one seen longest ago.
+    fn make_room(&mut self) {
+        if self.flows.len() < MAX_FLOWS {
+            return;
+        }
+        if let Some(oldest) = self
+            .flows
+            .iter()
+            .min_by_key(|(_, r)| r.last)
+            .map(|(k, _)| *k)
+        {
+            self.flows.remove(&oldest);
+            self.evicted += 1;
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Store {
+    format: u32,
+    devices: BTreeMap<String, DevStore>,
+    nflog_lost: u64,
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Polled {
+    /// Elements read from the kernel.
+    pub elements: usize,
+    /// Flows in the store after it.
+    pub flows: usize,
+}
+
+/// The learning store and its sources.
+pub struct Observer {
+    store: Mutex<Store>,
+    path: PathBuf,
+    nft: Option<Nft>,
+    plan: watch::Receiver<Arc<Plan>>,
+    registry: Arc<Registry>,
+    /// First-seen events received.
+    pub nflog_events: AtomicU64,
+    /// First-seen events lost (sequence gaps, buffer overruns).
+    pub nflog_lost: AtomicU64,
+    /// Polls that failed (nft could not be read).
+    pub poll_errors: AtomicU64,
+}
+
+impl Observer {
+    /// An observer for the plan `plan` gives, keeping its store in
+    /// `state_dir`; reads the kernel through `nft` (none: no kernel data,
+    /// e.g. `nft.apply = false`). An unreadable store file is set aside
+    /// (renamed `.corrupt`) and learning starts afresh, with a warning.
+    pub fn new(
+        state_dir: PathBuf,
+        nft: Option<Nft>,
+        plan: watch::Receiver<Arc<Plan>>,
+        registry: Arc<Registry>,
+    ) -> Observer {
+        let path = state_dir.join(FILE);
+        let store = match std::fs::read(&path) {
+            Ok(b) => match serde_json::from_slice::<Store>(&b) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "learning store unreadable; set aside, starting afresh");
+                    let _ = std::fs::rename(&path, path.with_extension("json.corrupt"));
+                    Store::default()
+                }
+            },
+            Err(_) => Store::default(),
+        };
+        let lost = store.nflog_lost;
+        Observer {
+            store: Mutex::new(store),
+            path,
+            nft,
+            plan,
+            registry,
+            nflog_events: AtomicU64::new(0),
+            nflog_lost: AtomicU64::new(lost),
+            poll_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the plan in force records flows.
+    pub fn enabled(&self) -> bool {
+        self.plan.borrow().observe
+    }
+
+    /// A first-seen event (NFLOG) for `key` at `at`.
+    pub fn first_seen(&self, key: FlowKey, at: u64) {
+        let plan = self.plan.borrow().clone();
+        let Some((device, _)) = plan.device_of(&key) else {
+            return;
+        };
+        let mut store = self.store.lock().expect("store lock poisoned");
+        let dev = store.devices.entry(device.id.clone()).or_default();
+        if !dev.flows.contains_key(&key) {
+            dev.make_room();
+            dev.flows.insert(
+                key,
+                Rec {
+                    first: at,
+                    last: at,
+                    packets: 0,
+                    bytes: 0,
+                    seen_packets: 0,
+                    seen_bytes: 0,
+                },
+            );
+        }
+    }
+
+    /// Read every learning set and merge it (blocking: runs `nft`).
+    pub fn poll(&self) -> Result<Polled, ApplyError> {
+        let Some(nft) = &self.nft else {
+            return Ok(Polled::default());
+        };
+        let plan = self.plan.borrow().clone();
+        if !plan.observe {
+            return Ok(Polled::default());
+        }
+        let mut read = Vec::new();
+        for d in plan.devices.values() {
+            read.push((d.id.clone(), nft.list_observed(&observe_set(&d.id))?));
+        }
+        let counters = nft.list_counters()?;
+        let now = now_secs();
+        let mut polled = Polled::default();
+        let mut store = self.store.lock().expect("store lock poisoned");
+        for (id, elements) in read {
+            polled.elements += elements.len();
+            let dev = store.devices.entry(id.clone()).or_default();
+            for e in elements {
+                let last =
+                    now.saturating_sub(u64::from(OBSERVE_TIMEOUT_SECS).saturating_sub(e.expires));
+                if !dev.flows.contains_key(&e.key) {
+                    dev.make_room();
+                }
+                let r = dev.flows.entry(e.key).or_insert(Rec {
+                    first: last,
+                    last,
+                    packets: 0,
+                    bytes: 0,
+                    seen_packets: 0,
+                    seen_bytes: 0,
+                });
+                // A counter below the last read: the element expired and
+                // came back, counting from zero.
+                let (dp, db) = if e.packets >= r.seen_packets {
+                    (
+                        e.packets - r.seen_packets,
+                        e.bytes.saturating_sub(r.seen_bytes),
+                    )
+                } else {
+                    (e.packets, e.bytes)
+                };
+                r.packets += dp;
+                r.bytes += db;
+                r.seen_packets = e.packets;
+                r.seen_bytes = e.bytes;
+                r.last = r.last.max(last);
+                r.first = r.first.min(r.last);
+            }
+            let full = counters
+                .iter()
+                .find(|c| c.name == observe_full_counter(&id))
+                .map_or(0, |c| c.packets);
+            dev.overflow_packets += full.checked_sub(dev.seen_overflow).unwrap_or(full);
+            dev.seen_overflow = full;
+        }
+        store.nflog_lost = self.nflog_lost.load(Ordering::Relaxed);
+        polled.flows = store.devices.values().map(|d| d.flows.len()).sum();
+        self.persist(&store);
+        Ok(polled)
+    }
+
+    /// The ruleset was replaced: the kernel's sets and counters start from
+    /// zero. Call after a successful apply, with a [`Observer::poll`] just before it.
+    pub fn kernel_reset(&self) {
+        let mut store = self.store.lock().expect("store lock poisoned");
+        for dev in store.devices.values_mut() {
+            dev.seen_overflow = 0;
+            for r in dev.flows.values_mut() {
+                r.seen_packets = 0;
+                r.seen_bytes = 0;
+            }
+        }
+    }
+
+    fn persist(&self, store: &Store) {
+        let mut copy = Store {
+            format: FORMAT,
+            devices: store.devices.clone(),
+            nflog_lost: store.nflog_lost,
+        };
+        // Connections carried in this run join those of earlier runs.
+        for ((device, flow, leg, peer), c) in self.registry.carried() {
+            let dev = copy.devices.entry(device).or_default();
+            merge_tunnel(&mut dev.tunnels, &flow, leg.as_str(), &peer, &c);
+        }
+        let json = serde_json::to_vec(&copy).expect("the store serializes");
+        if let Err(e) = ward_pki::write_file(&self.path, &json, 0o600) {
+            warn!(file = %self.path.display(), error = %e, "cannot write the learning store");
+        }
+    }
+
+    /// `GET /v1/observed`: every device's flows seen at or after `since`
+    /// (Unix seconds), judged by the plan in force.
+    pub fn snapshot(&self, since: u64, revision: String) -> Observed {
+        let plan = self.plan.borrow().clone();
+        let monitor = plan.mode == Mode::Monitor;
+        let store = self.store.lock().expect("store lock poisoned");
+        let mut tunnels: BTreeMap<String, Vec<TunnelRec>> = store
+            .devices
+            .iter()
+            .map(|(id, d)| (id.clone(), d.tunnels.clone()))
+            .collect();
+        for ((device, flow, leg, peer), c) in self.registry.carried() {
+            merge_tunnel(
+                tunnels.entry(device).or_default(),
+                &flow,
+                leg.as_str(),
+                &peer,
+                &c,
+            );
+        }
+        let mut ids: Vec<&String> = store.devices.keys().chain(tunnels.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        let devices = ids
+            .into_iter()
+            .map(|id| {
+                let dev = store.devices.get(id).cloned().unwrap_or_default();
+                let d = plan.devices.get(id);
+                let mut flows: Vec<ObservedFlow> = dev
+                    .flows
+                    .iter()
+                    .filter(|(_, r)| r.last >= since)
+                    .map(|(k, r)| ObservedFlow {
+                        key: *k,
+                        direction: plan
+                            .device_of(k)
+                            .map_or(ward_api::observed::Direction::Out, |(_, dir)| dir),
+                        first_seen: r.first,
+                        last_seen: r.last,
+                        packets: r.packets,
+                        bytes: r.bytes,
+                        verdict: Verdict::of(plan.judge(k), monitor),
+                    })
+                    .collect();
+                flows.sort_by_key(|f| f.key);
+                ObservedDevice {
+                    id: id.clone(),
+                    ip: d.map_or_else(String::new, |d| d.ip.to_string()),
+                    class: d.and_then(|d| d.inventory.class.clone()),
+                    flows,
+                    tunnels: tunnels
+                        .get(id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| t.last >= since)
+                        .map(|t| ObservedTunnel {
+                            flow: t.flow.clone(),
+                            leg: t.leg.clone(),
+                            peer: t.peer.clone(),
+                            connections: t.connections,
+                            bytes_up: t.bytes_up,
+                            bytes_down: t.bytes_down,
+                            first_seen: t.first,
+                            last_seen: t.last,
+                        })
+                        .collect(),
+                    overflow_packets: dev.overflow_packets,
+                    evicted: dev.evicted,
+                }
+            })
+            .collect();
+        Observed {
+            format: FORMAT,
+            gateway: plan.gateway.clone(),
+            mode: plan.mode.to_string(),
+            revision,
+            at: now_secs(),
+            nflog_lost: self.nflog_lost.load(Ordering::Relaxed),
+            devices,
+        }
+    }
+
+    /// Per device, for the metrics page: (id, flows kept, overflow
+    /// packets, flows evicted).
+    pub fn counts(&self) -> Vec<(String, u64, u64, u64)> {
+        let store = self.store.lock().expect("store lock poisoned");
+        store
+            .devices
+            .iter()
+            .map(|(id, d)| {
+                (
+                    id.clone(),
+                    d.flows.len() as u64,
+                    d.overflow_packets,
+                    d.evicted,
+                )
+            })
+            .collect()
+    }
+}
+
+fn merge_tunnel(
+    into: &mut Vec<TunnelRec>,
+    flow: &str,
+    leg: &str,
+    peer: &str,
+    c: &crate::proxy::registry::Carried,
+) {
+    let full = into.len() >= MAX_TUNNELS;
+    match into
+        .iter_mut()
+        .find(|t| t.flow == flow && t.leg == leg && t.peer == peer)
+    {
+        Some(t) => {
+            t.connections += c.connections;
+            t.bytes_up += c.bytes_up;
+            t.bytes_down += c.bytes_down;
+            t.first = t.first.min(c.first);
+            t.last = t.last.max(c.last);
+        }
+        None if !full => into.push(TunnelRec {
+            flow: flow.to_owned(),
+            leg: leg.to_owned(),
+            peer: peer.to_owned(),
+            connections: c.connections,
+            bytes_up: c.bytes_up,
+            bytes_down: c.bytes_down,
+            first: c.first,
+            last: c.last,
+        }),
+        None => {}
+    }
+}
+
+/// Read the learning sets every `every` until `shutdown`, and once more
+/// then, so what the last interval saw is kept.
+pub fn spawn_poller(
+    tracker: &TaskTracker,
+    observer: Arc<Observer>,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stop = tokio::select! {
+                () = shutdown.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            let o = observer.clone();
+            match tokio::task::spawn_blocking(move || o.poll()).await {
+                Ok(Ok(p)) => debug!(elements = p.elements, flows = p.flows, "learning sets read"),
+                Ok(Err(e)) => {
+                    observer.poll_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "cannot read the learning sets");
+                }
+                Err(_) => return,
+            }
+            if stop {
+                return;
+            }
+        }
+    });
+}
