@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod learn;
 mod networkd;
 mod online;
 mod policy;
@@ -187,6 +188,20 @@ fn audit_show(file: &std::path::Path, kind: Option<&str>, json: bool) -> anyhow:
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Policy(policy::PolicyCommand::Apply {
+            file,
+            confirm_within,
+        }) => online::run(
+            online::Verb::Apply {
+                file,
+                confirm_within,
+            },
+            cli.socket,
+            cli.json,
+        ),
+        Command::Policy(policy::PolicyCommand::Confirm) => {
+            online::run(online::Verb::Confirm, cli.socket, cli.json)
+        }
         Command::Policy(cmd) => policy::run(cmd, cli.json),
         Command::Ca(args) => ca::run(args, cli.json),
         Command::Status => online::run(online::Verb::Status, cli.socket, cli.json),

@@ -139,6 +139,15 @@ pub enum Verb {
     Reload,
     /// `observe ...`.
     Observe(ObserveArgs),
+    /// `policy apply FILE`.
+    Apply {
+        /// Policy file.
+        file: PathBuf,
+        /// Confirmation window.
+        confirm_within: Option<Duration>,
+    },
+    /// `policy confirm`.
+    Confirm,
 }
 
 /// `wardctl observe`: what each device was seen talking to.
@@ -166,7 +175,7 @@ pub enum ObserveCommand {
     },
 }
 
-fn since_parser(s: &str) -> Result<Duration, String> {
+pub fn since_parser(s: &str) -> Result<Duration, String> {
     ward_policy::parse_duration(s)
         .ok_or_else(|| format!("\"{s}\" is not a duration (e.g. 30s, 10m, 24h, 7d)"))
 }
@@ -390,6 +399,23 @@ fn run_inner(
                 println!("mode         {}", s.mode);
                 println!("insertion    {}", s.insertion);
                 println!("policy       {} (revision {})", s.policy_file, s.revision);
+                if !s.configured_policy.is_empty() && s.configured_policy != s.policy_file {
+                    println!(
+                        "             applied with `wardctl policy apply`; configured: {}",
+                        s.configured_policy
+                    );
+                }
+                if let Some(p) = &s.pending_confirm {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    println!(
+                        "PENDING      confirm by {} ({}s left) or it rolls back to revision {}",
+                        when(p.confirm_by),
+                        p.confirm_by.saturating_sub(now),
+                        p.previous_revision
+                    );
+                }
                 println!("site policy  sha256 {}", s.policy_sha256);
                 println!("uptime       {}s", s.uptime_secs);
                 println!("connections  {}", s.connections);
@@ -545,6 +571,49 @@ fn run_inner(
             } else {
                 print_observed(&o, device.as_deref());
             }
+        }
+        Verb::Apply {
+            file,
+            confirm_within,
+        } => {
+            let policy = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))
+                .map_err(CallError::Other)?;
+            let req = ward_api::ApplyRequest {
+                policy,
+                source: file.display().to_string(),
+                confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
+            };
+            let body = serde_json::to_vec(&req).map_err(|e| CallError::Other(e.into()))?;
+            let (r, body): (ward_api::ApplyResult, _) = send(
+                rt,
+                socket,
+                Method::POST,
+                "/v1/policy/apply",
+                Bytes::from(body),
+            )?;
+            out(json, &body, || {
+                println!(
+                    "applied {}: revision {} (was {})",
+                    file.display(),
+                    r.revision,
+                    r.previous_revision
+                );
+                if let Some(t) = r.confirm_by {
+                    println!(
+                        "rolled back to {} at {} unless `wardctl policy confirm` arrives first",
+                        r.previous_revision,
+                        when(t)
+                    );
+                }
+            });
+        }
+        Verb::Confirm => {
+            let (p, body): (ward_api::PendingConfirm, _) =
+                get(rt, socket, Method::POST, "/v1/policy/confirm")?;
+            out(json, &body, || {
+                println!("confirmed: revision {} stays in force", p.revision)
+            });
         }
         Verb::Reload => {
             let (r, body): (ReloadResult, _) = get(rt, socket, Method::POST, "/v1/reload")?;

@@ -46,6 +46,43 @@ pub enum PolicyCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Suggest a policy from observed traffic (`wardctl observe export`):
+    /// allows what was observed and nothing more. With --policy, the whole
+    /// policy (mode set to enforce) with the additions; without, the
+    /// additions alone, to append to the site policy.
+    Suggest {
+        /// Observations (`wardctl observe export FILE`).
+        #[arg(long, value_name = "FILE")]
+        observed: PathBuf,
+        /// The policy in force.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Leave out flows to this address (ADDR or ADDR:PORT); repeatable.
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        deny: Vec<String>,
+    },
+    /// Replay observed traffic against a candidate policy: each flow's
+    /// verdict and rule, what would break, what was never used. Exit 0 when
+    /// nothing observed would break, 1 otherwise.
+    Simulate {
+        /// Candidate policy.
+        candidate: PathBuf,
+        /// Observations (`wardctl observe export FILE`).
+        #[arg(long, value_name = "FILE")]
+        observed: PathBuf,
+    },
+    /// Put a policy in force on the running gateway (through its reload
+    /// path); with --confirm-within, rolled back automatically unless
+    /// `wardctl policy confirm` arrives in time (a restart does not cancel it).
+    Apply {
+        /// Policy file.
+        file: PathBuf,
+        /// Roll back unless confirmed within this long (e.g. 5m).
+        #[arg(long, value_name = "DURATION", value_parser = crate::online::since_parser)]
+        confirm_within: Option<std::time::Duration>,
+    },
+    /// Keep the policy a `policy apply --confirm-within` put in force.
+    Confirm,
     /// Compare two policy files: services, and per gateway devices, flows,
     /// exceptions (each changed field, old -> new) and nftables rules.
     Diff {
@@ -107,6 +144,18 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
+        PolicyCommand::Suggest {
+            observed,
+            policy,
+            deny,
+        } => crate::learn::suggest(&observed, policy.as_deref(), &deny, json),
+        PolicyCommand::Simulate {
+            candidate,
+            observed,
+        } => crate::learn::simulate(&candidate, &observed, json),
+        PolicyCommand::Apply { .. } | PolicyCommand::Confirm => {
+            unreachable!("online policy verbs are run by online::run")
+        }
         PolicyCommand::Diff { old, new, nft } => {
             let (Some(a), Some(b)) = (load_or_report(&old, json)?, load_or_report(&new, json)?)
             else {
@@ -125,7 +174,7 @@ pub fn run(cmd: PolicyCommand, json: bool) -> anyhow::Result<Exit> {
 
 /// The plan of `gateway` in the policy `file`, or `None` after reporting
 /// why there is none (invalid policy, unknown gateway).
-fn plan_for(file: &Path, gateway: &str, json: bool) -> anyhow::Result<Option<Plan>> {
+pub fn plan_for(file: &Path, gateway: &str, json: bool) -> anyhow::Result<Option<Plan>> {
     let Some(policy) = load_or_report(file, json)? else {
         return Ok(None);
     };
@@ -148,7 +197,7 @@ fn today_utc() -> Date {
     }
 }
 
-fn read(file: &Path) -> anyhow::Result<String> {
+pub fn read(file: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("reading policy {}", file.display()))
 }
 
@@ -216,7 +265,7 @@ fn check(file: &Path, today: Option<Date>, json: bool) -> anyhow::Result<Exit> {
 }
 
 /// Load a policy; on errors print them (stderr) and return `None`.
-fn load_or_report(file: &Path, json: bool) -> anyhow::Result<Option<Policy>> {
+pub fn load_or_report(file: &Path, json: bool) -> anyhow::Result<Option<Policy>> {
     let text = read(file)?;
     let name = file.display().to_string();
     match ward_policy::load(&name, &text, &ValidateOptions::default()) {

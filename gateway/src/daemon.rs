@@ -124,10 +124,20 @@ impl Gateway {
     /// Start a gateway with `config` (as `sources` gave it): load the policy
     /// and TLS material, bind everything, apply the ruleset, audit it.
     pub async fn start(
-        config: Config,
+        mut config: Config,
         sources: Sources,
         telemetry: &telemetry::Guard,
     ) -> Result<Gateway, StartError> {
+        // A pending apply whose deadline passed while wardd was down is
+        // rolled back before the policy is read.
+        let rolled_back =
+            control::confirm::settle_at_start(&config.state_dir).map_err(|source| {
+                StartError::State {
+                    path: config.state_dir.join(control::confirm::PENDING),
+                    source,
+                }
+            })?;
+        config.policy = config.effective_policy();
         let (base, policy_sha256) = crate::config::load_plan(&config)?;
         let base = Arc::new(base);
         let tls =
@@ -190,6 +200,15 @@ impl Gateway {
                 "nft.apply = false: the ruleset is not applied (testing only); devices are not isolated"
             );
         }
+        if let Some(p) = &rolled_back {
+            audit.record(control::confirm::audit_event(
+                PolicyAction::RolledBack,
+                "start",
+                control::revision(&plan),
+                &p.pending,
+                None,
+            ));
+        }
         audit.record(AuditEvent::Policy {
             action: PolicyAction::Applied,
             trigger: "start".into(),
@@ -198,6 +217,7 @@ impl Gateway {
             policy_sha256: Some(policy_sha256.clone()),
             nft: Some(config.apply_nft),
             error: None,
+            confirm_by: None,
         });
 
         let mut addrs: Vec<(String, String)> = listeners
@@ -308,6 +328,7 @@ impl Gateway {
             forward::spawn_forwarder(&tracker, f, root.clone());
         }
         control::spawn_file_watch(&tracker, self.control.clone(), root.clone());
+        control::confirm::spawn_confirm_watch(&tracker, self.control.clone(), root.clone());
         let nflog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let observer = self.control.observer().clone();
         if self.config.apply_nft && observer.enabled() {

@@ -562,6 +562,10 @@ pub struct Flow {
     pub span: Span,
 }
 
+/// The justification `wardctl policy suggest` writes: validation warns
+/// about it until a person writes theirs.
+pub const TODO_JUSTIFICATION: &str = "TODO: say why this device must reach this address untunneled (written by wardctl policy suggest)";
+
 /// Layer-4 protocol of a raw exception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -34,8 +34,9 @@
 //!     type × 256 + code; counter obs_full_<id>: packets the full set missed
 //!   chain observe     (hook prerouting, priority -190: after conntrack)
 //!     the original direction of every connection from or to a device →
-//!     obs_<id>: NFLOG (group OBSERVE_GROUP) when the key is new, then
-//!     update the set; a set that is full counts in obs_full_<id>
+//!     obs_<id>: a new key is added, then one NFLOG message (group
+//!     OBSERVE_GROUP); a known key is updated (counter, expiry); a packet
+//!     the full set cannot take counts in obs_full_<id>
 //! ```
 //!
 //! The batch adds, deletes and re-adds the table before filling it, so one
@@ -1116,6 +1117,16 @@ fn render_observe(b: &mut Batch, devices: &[&DevicePlan]) {
                 meta(MetaKey::L4proto),
                 last,
             ]));
+            let update = || {
+                Statement::Set(nftables::stmt::Set {
+                    op: SetOp::Update,
+                    elem: key.clone(),
+                    set: set.clone().into(),
+                })
+            };
+            // A new key: added (and counted), then one NFLOG message. When
+            // the set is full the update fails and ends the rule: no
+            // message for a flow the set does not hold.
             b.rule(
                 &chain,
                 Some("first seen"),
@@ -1126,12 +1137,14 @@ fn render_observe(b: &mut Batch, devices: &[&DevicePlan]) {
                         right: s(set.clone()),
                         op: Operator::NEQ,
                     }),
+                    update(),
                     Statement::Log(Some(Log {
                         prefix: Some(OBSERVE_PREFIX.into()),
                         group: Some(u32::from(OBSERVE_GROUP)),
                         snaplen: Some(64),
                         ..Log::new(None)
                     })),
+                    Statement::Return(None),
                 ],
             );
             b.rule(
@@ -1139,11 +1152,7 @@ fn render_observe(b: &mut Batch, devices: &[&DevicePlan]) {
                 None,
                 vec![
                     is(meta(MetaKey::L4proto), protos),
-                    Statement::Set(nftables::stmt::Set {
-                        op: SetOp::Update,
-                        elem: key,
-                        set: set.clone().into(),
-                    }),
+                    update(),
                     Statement::Return(None),
                 ],
             );

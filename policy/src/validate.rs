@@ -509,6 +509,7 @@ fn check_exceptions(p: &Policy, d: &mut Diagnostics) {
         match &e.justification {
             None => d.error(&e.name.span, format!("{key}.justification"), format!("exception \"{}\" opens a path around the tunnels and needs a written justification", e.name.value)),
             Some(j) if j.value.trim().len() < 10 => d.error(&j.span, format!("{key}.justification"), "a justification must say why (at least 10 characters)"),
+            Some(j) if j.value == TODO_JUSTIFICATION => d.warning(&j.span, format!("{key}.justification"), format!("exception \"{}\" was suggested from observed traffic; a person must write why it is needed", e.name.value)),
             Some(_) => {}
         }
         if e.devices.is_empty() {

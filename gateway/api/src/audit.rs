@@ -116,6 +116,9 @@ pub enum AuditEvent {
         /// Why a reload was rejected.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// A pending apply's deadline (Unix seconds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        confirm_by: Option<u64>,
     },
     /// An admin request that changes state.
     Admin {
@@ -175,6 +178,16 @@ pub enum PolicyAction {
     Applied,
     /// Refused; the previous policy stays.
     Rejected,
+    /// `wardctl policy apply --confirm-within`: in force, rolled back at
+    /// `confirm_by` unless confirmed.
+    PendingConfirm,
+    /// `wardctl policy confirm`: the pending policy stays.
+    Confirmed,
+    /// Not confirmed in time: the previous policy is back in force.
+    RolledBack,
+    /// The rollback failed; the pending policy's ruleset stays in force
+    /// and the rollback is retried.
+    RollbackFailed,
 }
 
 /// `kind = "admin"` actions.

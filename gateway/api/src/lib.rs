@@ -10,6 +10,7 @@
 //! - `GET /v1/policy` → the compiled plan of this gateway
 //! - `GET /v1/observed[?since=SECONDS]` → [`observed::Observed`] (learning data)
 //! - `POST /v1/reload` → [`ReloadResult`]
+//! - `POST /v1/policy/apply` ([`ApplyRequest`]) → [`ApplyResult`]; `POST /v1/policy/confirm` → [`PendingConfirm`]
 //! - `POST /v1/devices/{id}/quarantine`, `POST /v1/devices/{id}/release` → [`Device`]
 //!
 //! Errors are [`ApiError`] with a status code: 400 bad request, 404 unknown
@@ -72,6 +73,52 @@ pub struct Status {
     pub connections: usize,
     /// Expiry of the gateway's certificate (Unix seconds).
     pub certificate_not_after: i64,
+    /// The policy file of the configuration (`policy_file` differs when
+    /// `wardctl policy apply` put a policy in force).
+    #[serde(default)]
+    pub configured_policy: String,
+    /// An apply waiting for `wardctl policy confirm`.
+    #[serde(default)]
+    pub pending_confirm: Option<PendingConfirm>,
+}
+
+/// `POST /v1/policy/apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The candidate policy's text.
+    pub policy: String,
+    /// Where it came from (for messages and the audit trail).
+    pub source: String,
+    /// Roll back unless confirmed within this many seconds.
+    pub confirm_within_secs: Option<u64>,
+}
+
+/// Answer of `POST /v1/policy/apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    /// Revision in force now.
+    pub revision: String,
+    /// Revision before.
+    pub previous_revision: String,
+    /// Deadline of the confirmation (Unix seconds), if one is needed.
+    pub confirm_by: Option<u64>,
+}
+
+/// An apply waiting for confirmation (`POST /v1/policy/confirm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingConfirm {
+    /// Rolled back at this time (Unix seconds) unless confirmed.
+    pub confirm_by: u64,
+    /// Revision of the pending policy.
+    pub revision: String,
+    /// Revision it rolls back to.
+    pub previous_revision: String,
+    /// Where the candidate came from.
+    pub source: String,
+    /// When it was applied (Unix seconds), and by whom.
+    pub applied_at: u64,
+    /// The caller's uid.
+    pub uid: u32,
 }
 
 /// Outcome of a reload.

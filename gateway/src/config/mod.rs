@@ -365,8 +365,11 @@ pub struct Config {
     pub workers: usize,
     /// This gateway's name in the policy (`gateway`, `WARD_GATEWAY` or `--gateway`).
     pub gateway: String,
-    /// Policy file (`policy` or `--policy`).
+    /// Policy file in force: `state_dir/applied-policy.toml` when
+    /// `wardctl policy apply` put one there, else `configured_policy`.
     pub policy: PathBuf,
+    /// Policy file of the configuration (`policy` or `--policy`).
+    pub configured_policy: PathBuf,
     /// Directory of the QUIC reset key, audit trail, forwarder position and
     /// runtime quarantine.
     pub state_dir: PathBuf,
@@ -606,10 +609,11 @@ impl Config {
         if !issues.is_empty() {
             return Err(ConfigError { issues });
         }
-        Ok(Config {
+        let mut config = Config {
             workers,
             gateway,
-            policy: raw.policy.into(),
+            policy: raw.policy.clone().into(),
+            configured_policy: raw.policy.into(),
             state_dir: raw.state_dir.into(),
             tls: TlsPaths {
                 ca: raw.tls.ca.into(),
@@ -632,6 +636,23 @@ impl Config {
             metrics_listen,
             audit_forward,
             otlp,
-        })
+        };
+        config.policy = config.effective_policy();
+        Ok(config)
+    }
+
+    /// The policy file in force: the one `wardctl policy apply` left in
+    /// the state directory, else the configured one.
+    pub fn effective_policy(&self) -> PathBuf {
+        let applied = self.state_dir.join(APPLIED_POLICY);
+        if applied.exists() {
+            applied
+        } else {
+            self.configured_policy.clone()
+        }
     }
 }
+
+/// The policy `wardctl policy apply` put in force, in `state_dir`; it
+/// overrides the configured policy file until another apply replaces it.
+pub const APPLIED_POLICY: &str = "applied-policy.toml";

@@ -10,6 +10,7 @@
 //! policy's plan plus the runtime quarantine set, which is kept only here
 //! (and in `state_dir/quarantine.json` across restarts).
 
+pub mod confirm;
 pub mod nft;
 
 use std::collections::BTreeSet;
@@ -67,6 +68,17 @@ pub enum ControlError {
         /// Why.
         reason: String,
     },
+    /// A candidate policy (`wardctl policy apply`) was refused.
+    #[error("{0}")]
+    Candidate(String),
+    /// An apply is waiting for confirmation.
+    #[error(
+        "an applied policy waits for confirmation until {0} (Unix seconds): confirm it or let it roll back first"
+    )]
+    Pending(u64),
+    /// `policy confirm` with nothing pending.
+    #[error("no applied policy is waiting for confirmation")]
+    NothingPending,
     /// A blocking step could not run (the runtime is shutting down).
     #[error("internal: {0}")]
     Internal(String),
@@ -130,6 +142,9 @@ pub struct Control {
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
     observer: Arc<Observer>,
+    /// One `policy apply`, `confirm` or rollback at a time.
+    apply_lock: tokio::sync::Mutex<()>,
+    state_dir: PathBuf,
 }
 
 fn now_secs() -> u64 {
@@ -175,7 +190,9 @@ impl Control {
             tls_tx: s.tls_tx,
             sources,
             nft: s.config.apply_nft.then(Nft::default),
-            policy_file: s.config.policy.display().to_string(),
+            policy_file: s.config.configured_policy.display().to_string(),
+            state_dir: s.config.state_dir.clone(),
+            apply_lock: tokio::sync::Mutex::new(()),
             in_force: tokio::sync::Mutex::new(InForce {
                 config: s.config,
                 base: s.base,
@@ -267,6 +284,7 @@ impl Control {
                 policy_sha256: Some(self.policy_sha256().await),
                 nft: None,
                 error: result.error.clone(),
+                confirm_by: None,
             });
             *self.last_reload.lock().expect("lock poisoned") = Some(result.clone());
             result
@@ -406,6 +424,17 @@ impl Control {
         self.in_force.lock().await.policy_sha256.clone()
     }
 
+    /// The policy file in force.
+    pub async fn policy_in_force(&self) -> String {
+        self.in_force
+            .lock()
+            .await
+            .config
+            .policy
+            .display()
+            .to_string()
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self) -> Status {
         let policy_sha256 = self.policy_sha256().await;
@@ -417,7 +446,9 @@ impl Control {
             identity: plan.identity.clone(),
             mode: plan.mode.to_string(),
             insertion: plan.insertion.to_string(),
-            policy_file: self.policy_file.clone(),
+            policy_file: self.policy_in_force().await,
+            configured_policy: self.policy_file.clone(),
+            pending_confirm: self.pending(),
             revision: revision(&plan),
             policy_sha256,
             uptime_secs: self.started.elapsed().as_secs(),

@@ -17,6 +17,9 @@ use ward_api::audit::{AdminAction, AuditEvent};
 
 use crate::control::{Control, ControlError};
 
+/// Largest request body read.
+const MAX_BODY: usize = 4 << 20;
+
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -50,7 +53,10 @@ impl AdminError {
             AdminError::Control(
                 ControlError::Load(_)
                 | ControlError::ListenersChanged
-                | ControlError::PolicyQuarantine { .. },
+                | ControlError::PolicyQuarantine { .. }
+                | ControlError::Candidate(_)
+                | ControlError::Pending(_)
+                | ControlError::NothingPending,
             ) => StatusCode::CONFLICT,
             AdminError::Control(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,8 +80,12 @@ async fn route(
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
-    // Bodies are not used by any endpoint; drain them so keep-alive works.
-    let _ = req.into_body().collect().await;
+    // Bodies are read whole, up to MAX_BODY (a site policy is far smaller).
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| AdminError::BadRequest(format!("request body: {e}")))?
+        .to_bytes();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let ok = |v: serde_json::Value| Ok(json(StatusCode::OK, &v));
     match (method, segments.as_slice()) {
@@ -112,6 +122,16 @@ async fn route(
                 Err(AdminError::ReloadRejected(r.error.unwrap_or_default()))
             }
         }
+        (Method::POST, ["v1", "policy", "apply"]) => {
+            let req: ward_api::ApplyRequest = serde_json::from_slice(&body)
+                .map_err(|e| AdminError::BadRequest(format!("apply: {e}")))?;
+            info!(uid, source = %req.source, confirm_within = ?req.confirm_within_secs, "admin: policy apply");
+            Ok(json(StatusCode::OK, &control.apply_policy(req, uid).await?))
+        }
+        (Method::POST, ["v1", "policy", "confirm"]) => {
+            info!(uid, "admin: policy confirm");
+            Ok(json(StatusCode::OK, &control.confirm(uid).await?))
+        }
         (Method::POST, ["v1", "devices", id, "quarantine"]) => {
             info!(uid, device = id, "admin: quarantine");
             Ok(json(StatusCode::OK, &control.quarantine(id, uid).await?))
@@ -128,6 +148,7 @@ async fn route(
                 "status" | "devices" | "flows" | "policy" | "reload" | "observed",
             ]
             | ["v1", "devices", _]
+            | ["v1", "policy", "apply" | "confirm"]
             | ["v1", "devices", _, _],
         ) => Err(AdminError::Method),
         _ => Err(AdminError::NotFound(path)),
