@@ -324,19 +324,52 @@ fn render_suggestion(
             new_services.insert(addr, name);
         }
     }
+    // Cleartext never crosses the LAN: a new service is reached through a
+    // hub. The hub of the known services nearest the server (longest
+    // common address prefix); with none known, the flow cannot be written
+    // and the TCP destination becomes an exception for a person to judge.
+    let hubs: Vec<(Ipv4Addr, String)> = policy
+        .map(|p| {
+            p.services
+                .values()
+                .filter_map(|sv| match (sv.address.value.ip(), &sv.via) {
+                    (std::net::IpAddr::V4(ip), Some(via)) => Some((ip, via.value.clone())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let hub_for = |dst: Ipv4Addr| {
+        hubs.iter()
+            .max_by_key(|(ip, _)| (u32::from(*ip) ^ u32::from(dst)).leading_zeros())
+            .map(|(_, via)| via.clone())
+    };
     for (addr, name) in &new_services {
+        let std::net::IpAddr::V4(ip) = addr.ip() else {
+            continue;
+        };
+        let Some(via) = hub_for(ip) else { continue };
         let _ = writeln!(t, "\n[services.{name}]");
         let _ = writeln!(t, "address = \"{addr}\"");
         let _ = writeln!(t, "protocol = \"{}\"", protocol_of(addr.port()));
         let _ = writeln!(
             t,
-            "# no `via`: {} connects the server itself, in cleartext on the LAN as before",
-            o.gateway
+            "# through {via}, the hub nearest this server among the known services: check that it reaches {addr}"
         );
+        let _ = writeln!(t, "via = \"{via}\"");
         s.services += 1;
     }
     for ((class, dst, port), group) in &tcp {
         let addr = SocketAddr::new((*dst).into(), *port);
+        if existing(addr).is_none() && hub_for(*dst).is_none() {
+            // No hub to carry it: left to the exceptions below.
+            for x in group {
+                raw.entry((class.clone(), *dst, TCP, *port))
+                    .or_default()
+                    .push(x);
+            }
+            continue;
+        }
         let service = existing(addr)
             .or_else(|| new_services.get(&addr).cloned())
             .expect("every address has a service");

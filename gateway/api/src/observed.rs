@@ -28,6 +28,9 @@ pub struct Observed {
     /// sequence gaps and receive-buffer overruns). Counts stay exact: the
     /// learning sets hold them; only first-seen times get coarser.
     pub nflog_lost: u64,
+    /// First-seen events received since wardd started.
+    #[serde(default)]
+    pub nflog_events: u64,
     /// Per device.
     pub devices: Vec<ObservedDevice>,
 }

@@ -247,8 +247,12 @@ impl Observer {
             polled.elements += elements.len();
             let dev = store.devices.entry(id.clone()).or_default();
             for e in elements {
-                let last =
-                    now.saturating_sub(u64::from(OBSERVE_TIMEOUT_SECS).saturating_sub(e.expires));
+                // nft prints whole seconds left, rounded down: the last
+                // packet came between `timeout - expires - 1` and
+                // `timeout - expires` seconds ago; the nearer bound never
+                // puts it before a first-seen event of the same packet.
+                let ago = u64::from(OBSERVE_TIMEOUT_SECS).saturating_sub(e.expires + 1);
+                let last = now.saturating_sub(ago);
                 if !dev.flows.contains_key(&e.key) {
                     dev.make_room();
                 }
@@ -398,6 +402,7 @@ impl Observer {
             revision,
             at: now_secs(),
             nflog_lost: self.nflog_lost.load(Ordering::Relaxed),
+            nflog_events: self.nflog_events.load(Ordering::Relaxed),
             devices,
         }
     }
