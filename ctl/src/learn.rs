@@ -605,3 +605,167 @@ pub fn simulate(candidate: &Path, observed_file: &Path, json: bool) -> anyhow::R
     }
     Ok(if breaks { Exit::Failure } else { Exit::Ok })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_api::observed::{ObservedDevice, Verdict};
+
+    const EXAMPLE: &str = include_str!("../../policy/examples/hospital.toml");
+
+    fn seen(src: &str, dst: &str, proto: u8, port: u16) -> ObservedFlow {
+        ObservedFlow {
+            key: FlowKey {
+                src: src.parse().expect("ip"),
+                dst: dst.parse().expect("ip"),
+                proto,
+                port,
+            },
+            direction: Direction::Out,
+            first_seen: 1_000,
+            last_seen: 2_000,
+            packets: 3,
+            bytes: 228,
+            verdict: Verdict::of(Judgement::Denied, true),
+        }
+    }
+
+    fn device(id: &str, ip: &str, class: &str, flows: Vec<ObservedFlow>) -> ObservedDevice {
+        ObservedDevice {
+            id: id.into(),
+            ip: ip.into(),
+            class: Some(class.into()),
+            flows,
+            tunnels: Vec::new(),
+            overflow_packets: 0,
+            evicted: 0,
+        }
+    }
+
+    fn observed() -> Observed {
+        let (p1, p2, ct) = ("198.51.100.18", "198.51.100.34", "198.51.100.2");
+        Observed {
+            format: ward_api::observed::FORMAT,
+            gateway: "edge-01".into(),
+            mode: "monitor".into(),
+            revision: "r".into(),
+            at: 3_000,
+            nflog_lost: 0,
+            nflog_events: 0,
+            devices: vec![
+                device(
+                    "pump-icu-01",
+                    p1,
+                    "infusion",
+                    vec![seen(p1, "192.0.2.53", UDP, 53)],
+                ),
+                device(
+                    "pump-icu-02",
+                    p2,
+                    "infusion",
+                    vec![seen(p2, "192.0.2.53", UDP, 53)],
+                ),
+                device(
+                    "ct-scanner-2",
+                    ct,
+                    "imaging",
+                    vec![
+                        seen(ct, "192.0.2.50", TCP, 8080),
+                        seen(ct, "192.0.2.123", UDP, 123),
+                        seen(ct, "192.0.2.9", ICMP, 8 << 8),
+                    ],
+                ),
+            ],
+        }
+    }
+
+    fn suggest_for(policy_text: &str, deny: &[String]) -> (String, Suggestion) {
+        let (policy, _) =
+            ward_policy::load("p.toml", policy_text, &Default::default()).expect("valid");
+        let plan = ward_policy::compile(&policy, "edge-01").expect("compiles");
+        let s = render_suggestion(
+            &observed(),
+            Path::new("o.json"),
+            Some(&policy),
+            Some(&plan),
+            deny,
+        );
+        let merged = format!("{}\n{}", enforce(policy_text), s.text);
+        (merged, s)
+    }
+
+    /// One exception for the two pumps of one class sharing a destination,
+    /// one exact address and port each, NTP already allowed left alone, a
+    /// TCP flow through the hub on a routed gateway; the whole passes
+    /// validation with one warning per unwritten justification.
+    #[test]
+    fn suggestion_groups_and_validates() {
+        let routed = EXAMPLE.replace(
+            "device_interfaces = [\"dev0\", \"dev1\", \"dev2\", \"dev3\"]\n",
+            "device_interfaces = [\"dev0\", \"dev1\", \"dev2\", \"dev3\"]\ninsertion = \"routed\"\nrouters = [\"198.51.100.1/28\", \"198.51.100.17/28\", \"198.51.100.33/28\", \"198.51.100.49/28\"]\n",
+        );
+        let (merged, s) = suggest_for(&routed, &[]);
+        assert_eq!((s.flows, s.services, s.exceptions), (1, 1, 2), "{merged}");
+        assert!(
+            merged.contains("devices = [\"pump-icu-01\", \"pump-icu-02\"]"),
+            "{merged}"
+        );
+        assert!(merged.contains("name = \"dns-192-0-2-53\""), "{merged}");
+        assert!(merged.contains("name = \"icmp-8-192-0-2-9\""), "{merged}");
+        assert!(
+            !merged.contains("ntp-192-0-2-123"),
+            "NTP is already allowed: {merged}"
+        );
+        assert!(
+            merged.contains("via = \"hub-dc-01\"")
+                && merged.contains("to = \"tcp-192-0-2-50-8080\"")
+        );
+        let (policy, warnings) =
+            ward_policy::load("merged.toml", &merged, &Default::default()).expect("valid");
+        assert_eq!(policy.mode, ward_policy::model::Mode::Enforce);
+        let todo = warnings
+            .iter()
+            .filter(|w| w.key.ends_with(".justification"))
+            .count();
+        assert_eq!(todo, 2, "{warnings:?}");
+        let plan = ward_policy::compile(&policy, "edge-01").expect("compiles");
+        for d in observed().devices {
+            for f in d.flows {
+                assert!(plan.judge(&f.key).allowed(), "{} not allowed", f.key);
+            }
+        }
+        // --deny leaves one destination out, and says so.
+        let (merged, s) = suggest_for(&routed, &["192.0.2.50:8080".into()]);
+        assert_eq!((s.flows, s.left_out), (0, 1));
+        assert!(merged.contains("(--deny 192.0.2.50:8080)"), "{merged}");
+    }
+
+    /// On an explicit gateway a new TCP flow needs a listen address: it is
+    /// written commented out, not allowed.
+    #[test]
+    fn explicit_gateway_flows_are_commented() {
+        let (merged, s) = suggest_for(EXAMPLE, &[]);
+        assert_eq!(s.flows, 0);
+        assert!(
+            merged.contains("# [[flows]]\n# name = \"ct-scanner-2-to-tcp-192-0-2-50-8080\""),
+            "{merged}"
+        );
+        ward_policy::load("merged.toml", &merged, &Default::default()).expect("valid");
+    }
+
+    /// Without a policy, no hub is known: TCP becomes an exception too.
+    #[test]
+    fn fragment_without_policy() {
+        let s = render_suggestion(&observed(), Path::new("o.json"), None, None, &[]);
+        assert_eq!((s.flows, s.services), (0, 0));
+        assert!(
+            s.text.contains("name = \"tcp-8080-192-0-2-50\"") && s.text.contains("port = 8080"),
+            "{}",
+            s.text
+        );
+        // NTP's recorded verdict was would-drop: without a policy it is suggested.
+        assert!(s.text.contains("name = \"ntp-192-0-2-123\""), "{}", s.text);
+        let merged = format!("{EXAMPLE}\n{}", s.text);
+        ward_policy::load("merged.toml", &merged, &Default::default()).expect("valid");
+    }
+}

@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use ward_tests::load::{cpu_seconds, in_netns, median};
+use ward_tests::load::{cpu_seconds, in_netns, median, rss};
 use ward_tests::topology::{Hospital, routed_policy};
 
 const RUNS: usize = 5;
@@ -43,17 +43,6 @@ fn machine_cpu() -> f64 {
         .collect();
     // user nice system idle iowait irq softirq steal: busy = all but idle, iowait.
     (cpu.iter().sum::<f64>() - cpu[3] - cpu[4]) / 100.0
-}
-
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
 }
 
 fn forwarded(h: &Hospital) -> u64 {
@@ -129,8 +118,8 @@ fn main() {
     );
     assert_ne!(on, off);
     std::fs::write(&h.policy, &on).expect("policy");
-    let mut edge = h.start_edge(&format!("[observe]\npoll = \"{}s\"", POLL.as_secs()));
-    let mut set = |text: &str, n: usize| {
+    let edge = h.start_edge(&format!("[observe]\npoll = \"{}s\"", POLL.as_secs()));
+    let set = |text: &str, n: usize| {
         std::fs::write(&h.policy, text).expect("policy");
         edge.signal("HUP");
         let start = Instant::now();

@@ -112,3 +112,15 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         })
         .sum()
 }
+
+/// Resident memory of `pid` in bytes (VmRSS).
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}

@@ -9,8 +9,8 @@
 //! working and drops the surprise flow. Commit-confirm rolls back without
 //! a confirm, at the deadline, across a restart within the window, and at
 //! start after a deadline that passed while wardd was down. A device with
-//! 10,000 distinct flows fills its learning set to the bound, the overflow
-//! is counted exactly, and the daemon stays bounded. Needs root; skips
+//! 10,000 distinct flows (explicit insertion) fills its learning set to the
+//! bound, the overflow is counted exactly, and the daemon stays bounded. Needs root; skips
 //! elsewhere, fails under CI=true.
 
 use std::path::Path;
@@ -487,25 +487,13 @@ fn observe_suggest_simulate_apply_confirm() {
     drop(edge);
 }
 
-/// CPU seconds (user + system, children included) and resident memory of
-/// a process.
+/// CPU seconds (user + system, `nft` children included) and resident
+/// memory of a process.
 fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14-17 of stat (utime stime cutime cstime) are 11..15 here.
-    let ticks: u64 = f[11..15]
-        .iter()
-        .map(|v| v.parse::<u64>().expect("ticks"))
-        .sum();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("VmRSS");
-    (ticks as f64 / 100.0, rss_kib * 1024)
+    (
+        ward_tests::load::cpu_seconds(&[pid]),
+        ward_tests::load::rss(pid),
+    )
 }
 
 #[test]
@@ -513,7 +501,9 @@ fn ten_thousand_flows_stay_bounded() {
     let Ok(h) = Hospital::build("lk") else {
         return;
     };
-    let monitor = routed_policy(std::fs::read_to_string(&h.policy).expect("policy"))
+    // Explicit insertion (the example as it is): the same learning chain.
+    let monitor = std::fs::read_to_string(&h.policy)
+        .expect("policy")
         .replace("mode = \"enforce\"", "mode = \"monitor\"");
     std::fs::write(&h.policy, &monitor).expect("policy");
     let edge = h.start_edge("[observe]\npoll = \"2s\"");

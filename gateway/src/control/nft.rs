@@ -362,7 +362,8 @@ impl Nft {
         struct Wrapped {
             elem: RawElement,
         }
-        let Some(out) = self.output(&["list", "set", "inet", ward_policy::nft::TABLE, name])? else {
+        let Some(out) = self.output(&["list", "set", "inet", ward_policy::nft::TABLE, name])?
+        else {
             return Ok(Vec::new());
         };
         let listing: Listing = serde_json::from_slice(&out).map_err(ApplyError::BadOutput)?;
@@ -465,7 +466,10 @@ impl RawElement {
                 _ => return None,
             },
         };
-        let counter = self.counter.unwrap_or(RawCounter { packets: 0, bytes: 0 });
+        let counter = self.counter.unwrap_or(RawCounter {
+            packets: 0,
+            bytes: 0,
+        });
         Some(SetElement {
             key: FlowKey {
                 src: src.parse().ok()?,
@@ -503,7 +507,10 @@ mod tests {
         let e: serde_json::Value = serde_json::from_str(json).expect("json");
         let raw: RawElement = serde_json::from_value(e["elem"].clone()).expect("element");
         let el = raw.into_element().expect("parsed");
-        assert_eq!(el.key.to_string(), "10.9.0.2 -> 10.9.0.1 icmp type 8 code 0");
+        assert_eq!(
+            el.key.to_string(),
+            "10.9.0.2 -> 10.9.0.1 icmp type 8 code 0"
+        );
         assert_eq!((el.packets, el.bytes, el.expires), (3, 252, 3599));
         let udp: RawElement = serde_json::from_str(
             r#"{"val": {"concat": ["10.9.0.2", "10.9.0.1", 17, 123]}, "expires": 10}"#,
@@ -511,10 +518,9 @@ mod tests {
         .expect("element");
         let el = udp.into_element().expect("parsed");
         assert_eq!((el.key.proto, el.key.port, el.packets), (17, 123, 0));
-        let sctp: RawElement = serde_json::from_str(
-            r#"{"val": {"concat": ["10.9.0.2", "10.9.0.1", "sctp", 1]}}"#,
-        )
-        .expect("element");
+        let sctp: RawElement =
+            serde_json::from_str(r#"{"val": {"concat": ["10.9.0.2", "10.9.0.1", "sctp", 1]}}"#)
+                .expect("element");
         assert!(sctp.into_element().is_none());
     }
 }

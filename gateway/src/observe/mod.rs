@@ -39,7 +39,7 @@ use ward_policy::Plan;
 use ward_policy::model::Mode;
 use ward_policy::nft::{OBSERVE_SET_SIZE, OBSERVE_TIMEOUT_SECS, observe_full_counter, observe_set};
 
-use crate::control::nft::{ApplyError, Nft};
+use crate::control::nft::{ApplyError, Nft, SetElement};
 use crate::proxy::registry::Registry;
 
 /// Most flows kept per device: as many as its learning set holds.
@@ -113,6 +113,48 @@ mod pairs {
 }
 
 impl DevStore {
+    /// Merge one read of the device's learning set (`full`: its overflow
+    /// counter) at `now`: counts are added as deltas from the last read.
+    fn merge(&mut self, elements: Vec<SetElement>, full: u64, now: u64) {
+        for e in elements {
+            // nft prints whole seconds left, rounded down: the last packet
+            // came between `timeout - expires - 1` and `timeout - expires`
+            // seconds ago; the nearer bound never puts it before a
+            // first-seen event of the same packet.
+            let ago = u64::from(OBSERVE_TIMEOUT_SECS).saturating_sub(e.expires + 1);
+            let last = now.saturating_sub(ago);
+            if !self.flows.contains_key(&e.key) {
+                self.make_room();
+            }
+            let r = self.flows.entry(e.key).or_insert(Rec {
+                first: last,
+                last,
+                packets: 0,
+                bytes: 0,
+                seen_packets: 0,
+                seen_bytes: 0,
+            });
+            // A counter below the last read: the element expired and came
+            // back, counting from zero.
+            let (dp, db) = if e.packets >= r.seen_packets {
+                (
+                    e.packets - r.seen_packets,
+                    e.bytes.saturating_sub(r.seen_bytes),
+                )
+            } else {
+                (e.packets, e.bytes)
+            };
+            r.packets += dp;
+            r.bytes += db;
+            r.seen_packets = e.packets;
+            r.seen_bytes = e.bytes;
+            r.last = r.last.max(last);
+            r.first = r.first.min(r.last);
+        }
+        self.overflow_packets += full.checked_sub(self.seen_overflow).unwrap_or(full);
+        self.seen_overflow = full;
+    }
+
     /// Make room for one more flow: evict the one seen longest ago.
     fn make_room(&mut self) {
         if self.flows.len() < MAX_FLOWS {
@@ -245,48 +287,15 @@ impl Observer {
         let mut store = self.store.lock().expect("store lock poisoned");
         for (id, elements) in read {
             polled.elements += elements.len();
-            let dev = store.devices.entry(id.clone()).or_default();
-            for e in elements {
-                // nft prints whole seconds left, rounded down: the last
-                // packet came between `timeout - expires - 1` and
-                // `timeout - expires` seconds ago; the nearer bound never
-                // puts it before a first-seen event of the same packet.
-                let ago = u64::from(OBSERVE_TIMEOUT_SECS).saturating_sub(e.expires + 1);
-                let last = now.saturating_sub(ago);
-                if !dev.flows.contains_key(&e.key) {
-                    dev.make_room();
-                }
-                let r = dev.flows.entry(e.key).or_insert(Rec {
-                    first: last,
-                    last,
-                    packets: 0,
-                    bytes: 0,
-                    seen_packets: 0,
-                    seen_bytes: 0,
-                });
-                // A counter below the last read: the element expired and
-                // came back, counting from zero.
-                let (dp, db) = if e.packets >= r.seen_packets {
-                    (
-                        e.packets - r.seen_packets,
-                        e.bytes.saturating_sub(r.seen_bytes),
-                    )
-                } else {
-                    (e.packets, e.bytes)
-                };
-                r.packets += dp;
-                r.bytes += db;
-                r.seen_packets = e.packets;
-                r.seen_bytes = e.bytes;
-                r.last = r.last.max(last);
-                r.first = r.first.min(r.last);
-            }
             let full = counters
                 .iter()
                 .find(|c| c.name == observe_full_counter(&id))
                 .map_or(0, |c| c.packets);
-            dev.overflow_packets += full.checked_sub(dev.seen_overflow).unwrap_or(full);
-            dev.seen_overflow = full;
+            store
+                .devices
+                .entry(id)
+                .or_default()
+                .merge(elements, full, now);
         }
         store.nflog_lost = self.nflog_lost.load(Ordering::Relaxed);
         polled.flows = store.devices.values().map(|d| d.flows.len()).sum();
@@ -489,4 +498,96 @@ pub fn spawn_poller(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src: "198.51.100.2".parse().expect("ip"),
+            dst: "192.0.2.123".parse().expect("ip"),
+            proto: ward_policy::observe::UDP,
+            port,
+        }
+    }
+
+    fn el(port: u16, packets: u64, expires: u64) -> SetElement {
+        SetElement {
+            key: key(port),
+            packets,
+            bytes: packets * 76,
+            expires,
+        }
+    }
+
+    /// Reads add deltas; an element that expired and came back counts from
+    /// zero; a ruleset replacement resets the baselines; the overflow
+    /// counter accumulates the same way; last seen comes from the expiry.
+    #[test]
+    fn merges_count_deltas() {
+        let t = 1_000_000;
+        let full_timeout = u64::from(OBSERVE_TIMEOUT_SECS);
+        let mut d = DevStore::default();
+        d.merge(vec![el(123, 3, full_timeout - 1)], 5, t);
+        d.merge(vec![el(123, 7, full_timeout - 11)], 9, t + 20);
+        let r = d.flows[&key(123)];
+        assert_eq!((r.packets, r.bytes), (7, 7 * 76));
+        assert_eq!((r.first, r.last), (t, t + 10), "last seen from the expiry");
+        assert_eq!(d.overflow_packets, 9);
+        // Expired and back: 2 new packets, not 2 - 7.
+        d.merge(vec![el(123, 2, full_timeout - 1)], 9, t + 4000);
+        assert_eq!(d.flows[&key(123)].packets, 9);
+        assert_eq!(d.flows[&key(123)].last, t + 4000);
+        // The ruleset was replaced: the kernel counts from zero again.
+        d.seen_overflow = 0;
+        for r in d.flows.values_mut() {
+            r.seen_packets = 0;
+            r.seen_bytes = 0;
+        }
+        d.merge(vec![el(123, 4, full_timeout - 1)], 1, t + 4010);
+        assert_eq!(d.flows[&key(123)].packets, 13);
+        assert_eq!(d.overflow_packets, 10);
+    }
+
+    /// The store keeps MAX_FLOWS per device, evicting the flow seen
+    /// longest ago and counting it.
+    #[test]
+    fn store_is_bounded() {
+        let mut d = DevStore::default();
+        let n = u16::try_from(MAX_FLOWS).expect("fits") + 10;
+        let timeout = u64::from(OBSERVE_TIMEOUT_SECS);
+        for p in 0..n {
+            d.merge(vec![el(p, 1, timeout - 1)], 0, 1_000 + u64::from(p));
+        }
+        assert_eq!(d.flows.len(), MAX_FLOWS);
+        assert_eq!(d.evicted, 10);
+        assert!(!d.flows.contains_key(&key(0)) && d.flows.contains_key(&key(n - 1)));
+    }
+
+    /// The file keeps flows and counts, not the kernel baselines (the start
+    /// replaces the ruleset, so the kernel counts from zero).
+    #[test]
+    fn store_file_round_trip() {
+        let mut store = Store::default();
+        store
+            .devices
+            .entry("ct-scanner-2".into())
+            .or_default()
+            .merge(vec![el(123, 7, 3599)], 2, 1_000);
+        let json = serde_json::to_vec(&store).expect("serializes");
+        let back: Store = serde_json::from_slice(&json).expect("reads back");
+        let d = &back.devices["ct-scanner-2"];
+        let r = d.flows[&key(123)];
+        assert_eq!(
+            (
+                r.packets,
+                r.seen_packets,
+                d.overflow_packets,
+                d.seen_overflow
+            ),
+            (7, 0, 2, 0)
+        );
+    }
 }

@@ -239,4 +239,16 @@ mod tests {
         bad_ihl[0] = 0x41;
         assert_eq!(key_of(&bad_ihl), None);
     }
+
+    proptest::proptest! {
+        /// Any bytes: a key or none, never a panic; a key only from a
+        /// payload holding the whole IPv4 header and 4 transport bytes.
+        #[test]
+        fn any_payload(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            if key_of(&bytes).is_some() {
+                let ihl = usize::from(bytes[0] & 0x0f) * 4;
+                proptest::prop_assert!(bytes[0] >> 4 == 4 && ihl >= 20 && bytes.len() >= ihl + 4);
+            }
+        }
+    }
 }
