@@ -9,8 +9,9 @@
 # TLS tunnels (QUIC and TCP); the demo then shows direct, lateral and foreign
 # attempts dropped and prints what the gateways report. Then transparent
 # insertion with unchanged devices: edge-01 routed (it holds the devices'
-# router addresses), and a segment whose cable is split into a bridge gateway
-# (bump in the wire). Everything it creates is removed at the end.
+# router addresses), learning mode (monitor, observe, suggest, simulate,
+# apply with commit-confirm), and a segment whose cable is split into a
+# bridge gateway (bump in the wire). Everything it creates is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -331,7 +331,8 @@ impl Gateway {
         control::confirm::spawn_confirm_watch(&tracker, self.control.clone(), root.clone());
         let nflog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let observer = self.control.observer().clone();
-        if self.config.apply_nft && observer.enabled() {
+        // Started whenever nft is applied: a reload may turn observation on.
+        if self.config.apply_nft {
             observe::spawn_poller(
                 &tracker,
                 observer.clone(),

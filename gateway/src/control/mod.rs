@@ -137,7 +137,7 @@ pub struct Control {
     in_force: tokio::sync::Mutex<InForce>,
     started: Instant,
     listeners: Vec<String>,
-    policy_file: String,
+    configured_policy: String,
     last_reload: Mutex<Option<ReloadResult>>,
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
@@ -190,7 +190,7 @@ impl Control {
             tls_tx: s.tls_tx,
             sources,
             nft: s.config.apply_nft.then(Nft::default),
-            policy_file: s.config.configured_policy.display().to_string(),
+            configured_policy: s.config.configured_policy.display().to_string(),
             state_dir: s.config.state_dir.clone(),
             apply_lock: tokio::sync::Mutex::new(()),
             in_force: tokio::sync::Mutex::new(InForce {
@@ -393,7 +393,7 @@ impl Control {
         if d.quarantined {
             return Err(ControlError::PolicyQuarantine {
                 device: id.to_owned(),
-                policy: self.policy_file.clone(),
+                policy: self.configured_policy.clone(),
             });
         }
         let mut set = in_force.quarantine.clone();
@@ -447,7 +447,7 @@ impl Control {
             mode: plan.mode.to_string(),
             insertion: plan.insertion.to_string(),
             policy_file: self.policy_in_force().await,
-            configured_policy: self.policy_file.clone(),
+            configured_policy: self.configured_policy.clone(),
             pending_confirm: self.pending(),
             revision: revision(&plan),
             policy_sha256,

@@ -255,7 +255,13 @@ fn main() {
     }
 
     step(
-        "8. bump in the wire: a CT and a pump behind their router; the cable is split into edge-br's bridge, nothing else changes",
+        "8. learning mode: monitor, observe, suggest, simulate, apply with commit-confirm (wardctl)",
+    );
+    drop(edge);
+    learning_scene(&h, &study, &mut failures);
+
+    step(
+        "9. bump in the wire: a CT and a pump behind their router; the cable is split into edge-br's bridge, nothing else changes",
     );
     match ward_tests::segment::Segment::build() {
         None => {
@@ -276,7 +282,121 @@ fn main() {
     println!("    all checks passed; namespaces and files are removed on exit");
 }
 
-/// Demo step 8: bridge insertion on a segment set up before any gateway.
+/// Print a command's output indented, and return it.
+fn show(out: &std::process::Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for l in text.lines() {
+        println!("      {l}");
+    }
+    text
+}
+
+/// Demo step 8: learning mode on the routed hospital.
+fn learning_scene(h: &Hospital, study: &std::path::Path, failures: &mut u32) {
+    use ward_tests::topology::{Bg, cmd_in, ntp_responder, wait_listen, wardctl};
+    // The policy is the routed one of step 7; only the mode changes.
+    let monitor = std::fs::read_to_string(&h.policy)
+        .expect("policy")
+        .replace("mode = \"enforce\"", "mode = \"monitor\"");
+    std::fs::write(&h.policy, &monitor).expect("policy");
+    let _ntp = ntp_responder(&h.lan);
+    let _surprise = Bg(cmd_in(&h.lan, "socat")
+        .args([
+            "TCP-LISTEN:8080,bind=192.0.2.50,fork,reuseaddr",
+            "SYSTEM:echo hello",
+        ])
+        .spawn()
+        .expect("socat"));
+    wait_listen(&h.lan, 8080);
+    let edge = h.start_edge("[observe]\npoll = \"1s\"");
+    let sock = h.socket("edge-01");
+    println!("    edge-01 restarted in monitor mode; the devices do what they always did:");
+    let sent = storescu_in(&h.ct, "203.0.113.5", 104, study, &[]);
+    let ack = mllp_send(h, &h.pump1, "203.0.113.6", "DEMO0003");
+    let _ = cmd_in(&h.ct, "python3")
+        .args([
+            "-c",
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(5): s.sendto(b'x' * 48, ('192.0.2.123', 123))",
+        ])
+        .output();
+    let surprise = tcp_connects(&h.ct, "192.0.2.50", 8080);
+    check(
+        sent.status.success() && ack.contains("MSA|AA|DEMO0003") && surprise,
+        "DICOM, HL7, 5 NTP datagrams, and a surprise: the CT talks to 192.0.2.50:8080, which nobody declared",
+        failures,
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    println!("    $ wardctl observe ct-scanner-2");
+    let seen = show(&wardctl(&sock, &["observe", "ct-scanner-2"]));
+    check(
+        seen.contains("would-drop") && seen.contains("allowed (exception ntp)"),
+        "observed: each flow with its packets, times and the verdict of the running policy",
+        failures,
+    );
+    let obs = h.dir.join("observed.json");
+    let obs_s = obs.to_str().expect("path");
+    let _ = wardctl(&sock, &["observe", "export", obs_s]);
+    let suggested = h.dir.join("suggested.toml");
+    let out = wardctl(
+        &sock,
+        &[
+            "policy",
+            "suggest",
+            "--observed",
+            obs_s,
+            "--policy",
+            h.policy.to_str().expect("path"),
+            "--deny",
+            "192.0.2.50:8080",
+        ],
+    );
+    std::fs::write(&suggested, &out.stdout).expect("write");
+    println!(
+        "    $ wardctl policy suggest --observed observed.json --policy policy.toml --deny 192.0.2.50:8080"
+    );
+    println!("      {}", String::from_utf8_lossy(&out.stderr).trim());
+    let sug_s = suggested.to_str().expect("path");
+    println!("    $ wardctl policy simulate suggested.toml --observed observed.json");
+    let sim = wardctl(&sock, &["policy", "simulate", sug_s, "--observed", obs_s]);
+    let said = show(&sim);
+    check(
+        sim.status.code() == Some(1)
+            && said.contains("WOULD BREAK: ct-scanner-2 198.51.100.2 -> 192.0.2.50:8080/tcp"),
+        "simulate: the surprise flow is the one thing the enforced suggestion would stop (exit 1)",
+        failures,
+    );
+    println!("    $ wardctl policy apply suggested.toml --confirm-within 5m");
+    show(&wardctl(
+        &sock,
+        &["policy", "apply", sug_s, "--confirm-within", "5m"],
+    ));
+    let status = show(&wardctl(&sock, &["status"]));
+    let sent = storescu_in(&h.ct, "203.0.113.5", 104, study, &[]);
+    let ack = mllp_send(h, &h.pump1, "203.0.113.6", "DEMO0004");
+    check(
+        status.contains("PENDING")
+            && sent.status.success()
+            && ack.contains("MSA|AA|DEMO0004")
+            && !tcp_connects(&h.ct, "192.0.2.50", 8080),
+        "enforced, pending confirmation: DICOM and HL7 work, the surprise flow is dropped",
+        failures,
+    );
+    println!("    $ wardctl policy confirm");
+    let confirmed = wardctl(&sock, &["policy", "confirm"]);
+    show(&confirmed);
+    check(
+        confirmed.status.success(),
+        "confirmed: the enforced policy stays",
+        failures,
+    );
+    drop(edge);
+}
+
+/// Demo step 9: bridge insertion on a segment set up before any gateway.
 fn bridge_scene(
     seg: &ward_tests::segment::Segment,
     study: &std::path::Path,
