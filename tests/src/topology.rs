@@ -449,6 +449,37 @@ pub fn ntp_responder(lan: &Netns) -> Bg {
     bg
 }
 
+/// A LAN service nobody declared in the policy: TCP 192.0.2.50:8080 in
+/// `lan` (which holds that address), answering one line. Learning mode's
+/// surprise flow.
+pub fn undeclared_service(lan: &Netns) -> Bg {
+    let bg = Bg(cmd_in(lan, "socat")
+        .args([
+            "TCP-LISTEN:8080,bind=192.0.2.50,fork,reuseaddr",
+            "SYSTEM:echo undeclared",
+        ])
+        .spawn()
+        .expect("socat"));
+    wait_listen(lan, 8080);
+    bg
+}
+
+/// `count` UDP datagrams of 48 bytes from `ns` to `host:port`, from one socket.
+pub fn udp_datagrams(ns: &Netns, host: &str, port: u16, count: usize) {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range({count}):\n    s.sendto(b'x' * 48, ('{host}', {port}))\n"
+    );
+    let out = cmd_in(ns, "python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// From the CT's namespace `ct`, with a time server answering on the LAN
 /// ([`ntp_responder`]): a TCP connect scan and UDP probes of the LAN hosts
 /// and the server range find the CT's flow (the PACS at 203.0.113.5:104)

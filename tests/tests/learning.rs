@@ -21,8 +21,8 @@ use serde_json::Value;
 use ward_tests::harness::TempDir;
 use ward_tests::peers::make_dicom;
 use ward_tests::topology::{
-    Bg, Hospital, cmd_in, hl7_engine, mllp_send, ntp_responder, routed_policy, storescp_in,
-    storescu_in, tcp_connects, wardctl,
+    Hospital, hl7_engine, mllp_send, ntp_responder, routed_policy, storescp_in, storescu_in,
+    tcp_connects, udp_datagrams, undeclared_service, wardctl,
 };
 
 fn now() -> u64 {
@@ -30,22 +30,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-/// `count` datagrams of 48 bytes from `ns` to `host:port`, from one socket.
-fn datagrams(ns: &ward_tests::netns::Netns, host: &str, port: u16, count: usize) {
-    let script = format!(
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range({count}):\n    s.sendto(b'x' * 48, ('{host}', {port}))\n"
-    );
-    let out = cmd_in(ns, "python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The metrics page of a wardd running in namespace `ns`.
@@ -154,14 +138,7 @@ fn observe_suggest_simulate_apply_confirm() {
     let _engine = hl7_engine(&h);
     let _ntp = ntp_responder(&h.lan);
     // The surprise: a LAN service nobody declared, which the CT uses.
-    let _surprise = Bg(cmd_in(&h.lan, "socat")
-        .args([
-            "TCP-LISTEN:8080,bind=192.0.2.50,fork,reuseaddr",
-            "SYSTEM:echo surprise",
-        ])
-        .spawn()
-        .expect("socat"));
-    ward_tests::topology::wait_listen(&h.lan, 8080);
+    let _surprise = undeclared_service(&h.lan);
     let _hub = h.start_hub();
     let observe = "[observe]\npoll = \"1s\"";
     let mut edge = h.start_edge(observe);
@@ -180,8 +157,8 @@ fn observe_suggest_simulate_apply_confirm() {
         ack.contains("MSA|AA|LEARN01"),
         "HL7 in monitor mode: {ack:?}"
     );
-    datagrams(&h.ct, "192.0.2.123", 123, 7);
-    datagrams(&h.pump1, "192.0.2.200", 53, 3);
+    udp_datagrams(&h.ct, "192.0.2.123", 123, 7);
+    udp_datagrams(&h.pump1, "192.0.2.200", 53, 3);
     assert!(
         tcp_connects(&h.ct, "192.0.2.50", 8080),
         "monitor mode refused the surprise flow"

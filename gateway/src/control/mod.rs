@@ -224,14 +224,16 @@ impl Control {
     }
 
     /// Apply `plan`'s ruleset on a blocking thread (nothing when nft is
-    /// off). The learning sets are read first: replacing the table empties them.
-    async fn apply(&self, plan: &Arc<Plan>) -> Result<(), ControlError> {
+    /// off). Replacing the table empties the learning sets: with
+    /// `read_first` they are read before (a reload); a quarantine does not
+    /// wait for that (up to one poll interval of counts is lost).
+    async fn apply(&self, plan: &Arc<Plan>, read_first: bool) -> Result<(), ControlError> {
         if let Some(nft) = self.nft.clone() {
             let plan = plan.clone();
             let observer = self.observer.clone();
             blocking(move || {
                 nft.prepare_interception(&plan)?;
-                if let Err(e) = observer.poll() {
+                if let Err(e) = read_first.then(|| observer.poll()).transpose() {
                     warn!(error = %e, "cannot read the learning sets before replacing them");
                 }
                 nft.apply_json(&ward_policy::nft::render_json(&plan))?;
@@ -309,7 +311,7 @@ impl Control {
         }
         let base = Arc::new(loaded.plan);
         let plan = Arc::new(base.with_quarantine(in_force.quarantine.iter().map(String::as_str)));
-        self.apply(&plan).await?;
+        self.apply(&plan, true).await?;
         let tls = Arc::new(loaded.tls);
         if trigger == TLS_FILES {
             info!(
@@ -342,7 +344,7 @@ impl Control {
                 .base
                 .with_quarantine(set.iter().map(String::as_str)),
         );
-        self.apply(&plan).await?;
+        self.apply(&plan, false).await?;
         let path = in_force.config.state_dir.join(QUARANTINE_FILE);
         let json = serde_json::to_vec(&set).expect("a set of strings serializes");
         blocking({

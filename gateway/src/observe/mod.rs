@@ -201,6 +201,8 @@ pub struct Observer {
     pub nflog_lost: AtomicU64,
     /// Polls that failed (nft could not be read).
     pub poll_errors: AtomicU64,
+    /// One writer of the store's file at a time.
+    persist_lock: Mutex<()>,
 }
 
 impl Observer {
@@ -236,6 +238,7 @@ impl Observer {
             nflog_events: AtomicU64::new(0),
             nflog_lost: AtomicU64::new(lost),
             poll_errors: AtomicU64::new(0),
+            persist_lock: Mutex::new(()),
         }
     }
 
@@ -299,7 +302,15 @@ impl Observer {
         }
         store.nflog_lost = self.nflog_lost.load(Ordering::Relaxed);
         polled.flows = store.devices.values().map(|d| d.flows.len()).sum();
-        self.persist(&store);
+        let copy = Store {
+            format: FORMAT,
+            devices: store.devices.clone(),
+            nflog_lost: store.nflog_lost,
+        };
+        // Written without holding the store: first-seen events and the API
+        // do not wait for the disk.
+        drop(store);
+        self.persist(copy);
         Ok(polled)
     }
 
@@ -316,12 +327,8 @@ impl Observer {
         }
     }
 
-    fn persist(&self, store: &Store) {
-        let mut copy = Store {
-            format: FORMAT,
-            devices: store.devices.clone(),
-            nflog_lost: store.nflog_lost,
-        };
+    fn persist(&self, mut copy: Store) {
+        let _one = self.persist_lock.lock().expect("persist lock poisoned");
         // Connections carried in this run join those of earlier runs.
         for ((device, flow, leg, peer), c) in self.registry.carried() {
             let dev = copy.devices.entry(device).or_default();

@@ -297,32 +297,20 @@ fn show(out: &std::process::Output) -> String {
 
 /// Demo step 8: learning mode on the routed hospital.
 fn learning_scene(h: &Hospital, study: &std::path::Path, failures: &mut u32) {
-    use ward_tests::topology::{Bg, cmd_in, ntp_responder, wait_listen, wardctl};
+    use ward_tests::topology::{ntp_responder, udp_datagrams, undeclared_service, wardctl};
     // The policy is the routed one of step 7; only the mode changes.
     let monitor = std::fs::read_to_string(&h.policy)
         .expect("policy")
         .replace("mode = \"enforce\"", "mode = \"monitor\"");
     std::fs::write(&h.policy, &monitor).expect("policy");
     let _ntp = ntp_responder(&h.lan);
-    let _surprise = Bg(cmd_in(&h.lan, "socat")
-        .args([
-            "TCP-LISTEN:8080,bind=192.0.2.50,fork,reuseaddr",
-            "SYSTEM:echo hello",
-        ])
-        .spawn()
-        .expect("socat"));
-    wait_listen(&h.lan, 8080);
+    let _surprise = undeclared_service(&h.lan);
     let edge = h.start_edge("[observe]\npoll = \"1s\"");
     let sock = h.socket("edge-01");
     println!("    edge-01 restarted in monitor mode; the devices do what they always did:");
     let sent = storescu_in(&h.ct, "203.0.113.5", 104, study, &[]);
     let ack = mllp_send(h, &h.pump1, "203.0.113.6", "DEMO0003");
-    let _ = cmd_in(&h.ct, "python3")
-        .args([
-            "-c",
-            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(5): s.sendto(b'x' * 48, ('192.0.2.123', 123))",
-        ])
-        .output();
+    udp_datagrams(&h.ct, "192.0.2.123", 123, 5);
     let surprise = tcp_connects(&h.ct, "192.0.2.50", 8080);
     check(
         sent.status.success() && ack.contains("MSA|AA|DEMO0003") && surprise,
