@@ -6,9 +6,11 @@
 //! accepts; `policy simulate` passes it and fails the running policy
 //! naming the surprise flow; the suggestion without the surprise flow,
 //! applied in enforce mode with a confirmation window, keeps DICOM and HL7
-//! working and drops the surprise flow. Commit-confirm rolls back without
-//! a confirm, at the deadline, across a restart within the window, and at
-//! start after a deadline that passed while wardd was down. A device with
+//! working and drops the surprise flow, which is then observed dropped.
+//! Commit-confirm rolls back without a confirm, at the deadline, across a
+//! restart within the window, and at start after a deadline that passed
+//! while wardd was down; a rollback that fails keeps the pending policy's
+//! ruleset in force and is retried. A device with
 //! 10,000 distinct flows (explicit insertion) fills its learning set to the
 //! bound, the overflow is counted exactly, and the daemon stays bounded. Needs root; skips
 //! elsewhere, fails under CI=true.
@@ -372,6 +374,13 @@ fn observe_suggest_simulate_apply_confirm() {
         !tcp_connects(&h.ct, "192.0.2.50", 8080),
         "the surprise flow passed in enforce mode"
     );
+    // Enforce mode observes too: the refused attempts are counted, dropped.
+    let before = surprise["packets"].as_u64().expect("packets");
+    observe_until(&sock, "the dropped surprise flow", |o| {
+        flow(o, ct, "192.0.2.50", 6, 8080).is_some_and(|f| {
+            f["verdict"]["action"] == "dropped" && f["packets"].as_u64() > Some(before)
+        })
+    });
     // A second apply while one is pending is refused.
     let again = wardctl(
         &sock,
@@ -454,6 +463,30 @@ fn observe_suggest_simulate_apply_confirm() {
         "{:?}",
         audit_actions(&h)
     );
+    // A rollback that fails (the configuration no longer loads) leaves the
+    // pending policy's ruleset in force, is audited, and is retried.
+    back(&h.policy, "2s");
+    wait_mode(&sock, "monitor", Duration::from_secs(5));
+    let cfg = h.dir.join("edge-01.toml");
+    let good = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, format!("{good}\nbogus = 1\n")).expect("break config");
+    let start = Instant::now();
+    while !audit_actions(&h).contains(&("rollback-failed".into(), "rollback".into())) {
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", audit_actions(&h));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s = status(&sock);
+    assert_eq!(s["mode"], "monitor", "{s}");
+    assert!(
+        s["pending_confirm"]["confirm_by"].as_u64() > Some(now()),
+        "no retry pending: {s}"
+    );
+    assert!(
+        tcp_connects(&h.ct, "192.0.2.50", 8080),
+        "the pending policy's ruleset is not in force after the failed rollback"
+    );
+    std::fs::write(&cfg, good).expect("restore config");
+    assert!(wardctl(&sock, &["policy", "confirm"]).status.success());
     assert!(
         ward_api::audit::verify(
             &std::fs::read_to_string(h.dir.join("state-edge-01/audit.jsonl")).expect("trail")
