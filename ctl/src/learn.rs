@@ -84,11 +84,18 @@ fn dashed(ip: Ipv4Addr) -> String {
     ip.to_string().replace('.', "-")
 }
 
+/// `name`, shortened to a valid policy name if need be, with `-2`, `-3`, …
+/// added until it is not `taken`.
 fn unique(name: String, taken: &mut BTreeSet<String>) -> String {
-    let mut n = name.clone();
+    let fit = |n: &str, room: usize| {
+        let cut = &n[..n.len().min(ward_policy::MAX_ID_LEN - room)];
+        cut.trim_end_matches('-').to_owned()
+    };
+    let mut n = fit(&name, 0);
     let mut i = 2;
     while taken.contains(&n) {
-        n = format!("{name}-{i}");
+        let suffix = format!("-{i}");
+        n = format!("{}{suffix}", fit(&name, suffix.len()));
         i += 1;
     }
     taken.insert(n.clone());
@@ -738,6 +745,18 @@ mod tests {
         let (merged, s) = suggest_for(&routed, &["192.0.2.50:8080".into()]);
         assert_eq!((s.flows, s.left_out), (0, 1));
         assert!(merged.contains("(--deny 192.0.2.50:8080)"), "{merged}");
+    }
+
+    /// Names stay valid policy names however long the device id.
+    #[test]
+    fn long_names_are_shortened() {
+        let mut taken = BTreeSet::new();
+        let long = format!("{}-to-tcp-192-0-2-50-8080", "a".repeat(40));
+        let a = unique(long.clone(), &mut taken);
+        let b = unique(long, &mut taken);
+        assert!(a.len() <= ward_policy::MAX_ID_LEN && b.len() <= ward_policy::MAX_ID_LEN);
+        assert_ne!(a, b);
+        assert!(b.ends_with("-2"), "{b}");
     }
 
     /// On an explicit gateway a new TCP flow needs a listen address: it is

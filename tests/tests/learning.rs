@@ -472,7 +472,11 @@ fn observe_suggest_simulate_apply_confirm() {
     std::fs::write(&cfg, format!("{good}\nbogus = 1\n")).expect("break config");
     let start = Instant::now();
     while !audit_actions(&h).contains(&("rollback-failed".into(), "rollback".into())) {
-        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", audit_actions(&h));
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            audit_actions(&h)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let s = status(&sock);

@@ -302,6 +302,15 @@ impl Control {
         let loaded =
             blocking(move || config::load(sources.config_file.as_deref(), &sources.overrides))
                 .await??;
+        let c = &loaded.config;
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if c.policy != c.configured_policy && modified(&c.configured_policy) > modified(&c.policy) {
+            warn!(
+                configured = %c.configured_policy.display(),
+                applied = %c.policy.display(),
+                "the configured policy file changed after `wardctl policy apply`; the applied policy stays in force (apply the file to put it in force)"
+            );
+        }
         let old = self.plan();
         if old.listeners != loaded.plan.listeners
             || old.tunnel_server != loaded.plan.tunnel_server
