@@ -18,7 +18,14 @@
 //!   telemetry.rs   logging, OTLP export
 //! control/       what changes a running gateway
 //!   mod.rs         Control: the plan and TLS `watch` senders, reload, quarantine, views
-//!   nft.rs         ruleset apply and counters (`nft -j`)
+//!   confirm.rs     policy apply with commit-confirm: pending state, rollback
+//!   nft.rs         ruleset apply, counters and learning sets (`nft -j`)
+//! observe/       learning mode: the bounded store of what each device talks to
+//!   mod.rs         store, learning-set poller, snapshot with verdicts
+//!   nflog.rs       first-seen events over netlink (NFLOG), loss counted
+//! guard/         protocol parsers for guards inside a flow (issue 14, not yet wired):
+//!   hl7.rs         MLLP frames, the MSH header, reject ACKs
+//!   modbus.rs      MBAP frames, function and address range, exception responses
 //! proxy/         the data path, one file per leg of DESIGN §3.1
 //!   outbound.rs    device → tunnel or TLS server
 //!   tunnel.rs      the `ward/1` tunnel server (TLS and QUIC) → target
@@ -49,6 +56,7 @@ pub mod audit;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod guard;
 pub mod observe;
 pub mod ops;
 pub mod proxy;
