@@ -328,6 +328,23 @@ fn render_plan(plan: &Plan) -> String {
             "  {:<20} {} {} -> {} => {} => {}",
             f.name, f.device, f.source, f.listen, target, f.service
         );
+        if let Some(g) = &f.guard {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "any".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let _ = writeln!(
+                o,
+                "  {:<20} guard: HL7 message types {}; sending applications {}; facilities {}",
+                "",
+                list(&g.message_types),
+                list(&g.sending_applications),
+                list(&g.sending_facilities)
+            );
+        }
     }
     let _ = writeln!(o, "\ntunnels accepted here:");
     for t in plan.tunnels.values() {

@@ -192,6 +192,9 @@ pub struct OutboundFlow {
     pub connect_timeout: Duration,
     /// Concurrent connection limit.
     pub max_connections: u32,
+    /// What the device may say inside the flow, checked where its
+    /// cleartext enters (this gateway).
+    pub guard: Option<Hl7Guard>,
 }
 
 /// A flow a peer gateway may open to a local target.
@@ -583,6 +586,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                             idle_timeout: f.idle_timeout,
                             connect_timeout: f.connect_timeout,
                             max_connections: f.max_connections,
+                            guard: f.guard.as_ref().map(|g| g.value.clone()),
                         },
                     );
                 }
@@ -653,6 +657,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                             idle_timeout: f.idle_timeout,
                             connect_timeout: f.connect_timeout,
                             max_connections: f.max_connections,
+                            guard: None,
                         },
                     );
                 }

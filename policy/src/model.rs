@@ -357,6 +357,17 @@ impl Protocol {
     }
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Dicom => "dicom",
+            Protocol::Hl7 => "hl7",
+            Protocol::Modbus => "modbus",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
 /// TLS settings for a server that speaks TLS itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsTarget {
@@ -558,8 +569,57 @@ pub struct Flow {
     pub connect_timeout: Duration,
     /// Maximum concurrent connections of this flow.
     pub max_connections: u32,
+    /// What may be said inside the flow (HL7 so far).
+    pub guard: Option<Item<Hl7Guard>>,
     /// The whole `[[flows]]` entry.
     pub span: Span,
+}
+
+/// An HL7 v2 flow's guard: the messages the device may send. Each list,
+/// when not empty, must contain the message's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Hl7Guard {
+    /// MSH-9 message types (`ORU^R01`, or an event-less `ACK`).
+    pub message_types: Vec<String>,
+    /// MSH-3 sending applications.
+    pub sending_applications: Vec<String>,
+    /// MSH-4 sending facilities.
+    pub sending_facilities: Vec<String>,
+}
+
+impl Hl7Guard {
+    /// Why a message with this type, MSH-3 and MSH-4 is refused, if it is.
+    pub fn refuses(&self, message_type: &str, application: &str, facility: &str) -> Option<String> {
+        let allowed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+        if !allowed(&self.message_types, message_type) {
+            return Some(format!("HL7 message type {message_type} not allowed"));
+        }
+        if !allowed(&self.sending_applications, application) {
+            return Some(format!(
+                "HL7 sending application (MSH-3) {application} not allowed"
+            ));
+        }
+        if !allowed(&self.sending_facilities, facility) {
+            return Some(format!(
+                "HL7 sending facility (MSH-4) {facility} not allowed"
+            ));
+        }
+        None
+    }
+}
+
+/// Whether `s` is an HL7 message type as MSH-9 names it: `ORU^R01`, or a
+/// type alone (`ACK`); three upper-case letters or digits each.
+pub fn is_hl7_message_type(s: &str) -> bool {
+    let part = |p: &str| {
+        p.len() == 3
+            && p.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    };
+    match s.split_once('^') {
+        Some((t, e)) => part(t) && part(e),
+        None => part(s),
+    }
 }
 
 /// The justification `wardctl policy suggest` writes: validation warns

@@ -775,6 +775,35 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                 warning,
             })
         });
+        let guard = o.table(d, "guard").map(|mut g| {
+            let span = g.span.clone();
+            let message_types = g.string_list(d, "message_types");
+            for t in &message_types {
+                if !is_hl7_message_type(&t.value) {
+                    d.error_help(
+                        &t.span,
+                        g.key("message_types"),
+                        format!("\"{}\" is not an HL7 message type", t.value),
+                        Some(
+                            "write MSH-9's type and trigger event, e.g. \"ORU^R01\", \"ADT^A08\""
+                                .into(),
+                        ),
+                    );
+                }
+            }
+            let list = |v: Vec<Item<String>>| v.into_iter().map(|i| i.value).collect::<Vec<_>>();
+            let sending_applications = list(g.string_list(d, "sending_applications"));
+            let sending_facilities = list(g.string_list(d, "sending_facilities"));
+            g.finish(d);
+            Item::new(
+                Hl7Guard {
+                    message_types: list(message_types),
+                    sending_applications,
+                    sending_facilities,
+                },
+                span,
+            )
+        });
         let had_window = o.table.get("window").is_some();
         let span = o.span.clone();
         let key = o.path.clone();
@@ -909,6 +938,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
             idle_timeout,
             connect_timeout,
             max_connections,
+            guard,
             span,
         });
     }

@@ -889,3 +889,53 @@ fn judge_observed_flows() {
         Judgement::Quarantined
     );
 }
+
+/// HL7 guards: compiled onto the device's flow; a message type that is not
+/// one, a guard on a DICOM flow, a DICOM guard key (not enforced yet) and a
+/// guard on an inbound flow are errors at their place.
+#[test]
+fn hl7_guards() {
+    let guarded = |flow_line: &str, guard: &str| {
+        assert!(EXAMPLE.contains(flow_line), "{flow_line}");
+        EXAMPLE.replacen(flow_line, &format!("{flow_line}\nguard = {guard}"), 1)
+    };
+    let pump = "listen = \"198.51.100.17:2575\"";
+    let text = guarded(
+        pump,
+        "{ message_types = [\"ORU^R01\"], sending_applications = [\"LVP200\"] }",
+    );
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    let g = edge.outbound["pump1-to-hl7"]
+        .guard
+        .clone()
+        .expect("guard compiled");
+    assert_eq!(g.refuses("ORU^R01", "LVP200", "ICU"), None);
+    assert_eq!(
+        g.refuses("ADT^A08", "LVP200", "ICU").as_deref(),
+        Some("HL7 message type ADT^A08 not allowed")
+    );
+    assert!(g.refuses("ORU^R01", "OTHER", "ICU").is_some());
+    assert!(edge.outbound["pump2-to-hl7"].guard.is_none());
+
+    let bad = guarded(pump, "{ message_types = [\"oru-r01\"] }");
+    let e = one_error(&bad, "flows[1].guard.message_types");
+    assert_eq!(e.line, line_of(&bad, "oru-r01"));
+    assert!(
+        e.help.as_deref().is_some_and(|h| h.contains("ORU^R01")),
+        "{e:?}"
+    );
+    let on_dicom = guarded(
+        "listen = \"198.51.100.1:104\"     # the CT's configured PACS address",
+        "{ message_types = [\"ORU^R01\"] }",
+    );
+    let e = one_error(&on_dicom, "flows[0].guard");
+    assert!(e.message.contains("speaks dicom"), "{e:?}");
+    let dicom_keys = guarded(pump, "{ calling_ae_titles = [\"CT2\"] }");
+    one_error(&dicom_keys, "flows[1].guard.calling_ae_titles");
+    let inbound = guarded(
+        "listen = \"192.0.2.10:24105\"",
+        "{ message_types = [\"ORU^R01\"] }",
+    );
+    one_error(&inbound, "flows[3].guard");
+}

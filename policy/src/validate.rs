@@ -319,6 +319,30 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                 ),
             );
         }
+        if let Some(g) = &f.guard {
+            match &f.kind {
+                FlowKind::Outbound { service, .. } => {
+                    if let Some(svc) = p.services.get(&service.value)
+                        && svc.protocol != Protocol::Hl7
+                    {
+                        d.error_help(
+                            &g.span,
+                            format!("{key}.guard"),
+                            format!(
+                                "flow \"{}\" has an HL7 guard, but service \"{}\" speaks {}",
+                                f.name.value, service.value, svc.protocol
+                            ),
+                            Some("guards exist for HL7 flows so far (message_types, sending_applications, sending_facilities); DICOM and Modbus guards are not enforced yet".into()),
+                        );
+                    }
+                }
+                _ => d.error(
+                    &g.span,
+                    format!("{key}.guard"),
+                    "guards apply to flows from a device to a service so far",
+                ),
+            }
+        }
         match &f.kind {
             FlowKind::Outbound { device, service } => {
                 let dev = p.devices.get(&device.value);

@@ -160,6 +160,12 @@ pub enum FlowAction {
     /// Cut by Ward while open: no longer allowed after a reload, peer revoked,
     /// device quarantined.
     Closed,
+    /// A message inside the flow refused by its guard (answered the
+    /// protocol's way; the connection stays). `reason` names the header
+    /// facts only (e.g. the HL7 message type), never patient data.
+    GuardRefused,
+    /// Monitor mode: a message the guard would refuse, let through.
+    GuardWouldRefuse,
 }
 
 /// `kind = "handshake"` actions.

@@ -171,17 +171,35 @@ pub fn parse_msh(message: &[u8]) -> Result<Msh, Hl7Error> {
 pub fn reject_ack(msh: &Msh, reason: &str, now: &str) -> Vec<u8> {
     let f = msh.field_sep;
     let c = msh.encoding.chars().next().unwrap_or('^');
-    // Delimiters inside the reason would break the segment.
-    let clean: String = reason
-        .chars()
-        .map(|ch| {
-            if ch == f || msh.encoding.contains(ch) || ch.is_control() {
-                ' '
-            } else {
-                ch
+    // Delimiters inside the reason are escaped the HL7 way (\F\, \S\, \R\,
+    // \E\, \T\); control characters become spaces.
+    let enc: Vec<char> = msh.encoding.chars().collect();
+    let esc = enc.get(2).copied().unwrap_or('\\');
+    let mut clean = String::with_capacity(reason.len());
+    for ch in reason.chars() {
+        let code = if ch == f {
+            Some('F')
+        } else if Some(&ch) == enc.first() {
+            Some('S')
+        } else if Some(&ch) == enc.get(1) {
+            Some('R')
+        } else if Some(&ch) == enc.get(2) {
+            Some('E')
+        } else if Some(&ch) == enc.get(3) {
+            Some('T')
+        } else {
+            None
+        };
+        match code {
+            Some(c) => {
+                clean.push(esc);
+                clean.push(c);
+                clean.push(esc);
             }
-        })
-        .collect();
+            None if ch.is_control() => clean.push(' '),
+            None => clean.push(ch),
+        }
+    }
     let version = if msh.version.is_empty() {
         "2.5"
     } else {
@@ -302,7 +320,7 @@ mod tests {
         assert_eq!(back.sending_application, "WARD");
         assert_eq!(back.receiving_application, "LVP200");
         assert!(
-            text.contains("\rMSA|AR|CTRL42|message type ORU R01 not allowed   by guard\r"),
+            text.contains("\rMSA|AR|CTRL42|message type ORU\\S\\R01 not allowed \\F\\ by guard\r"),
             "{text}"
         );
         assert!(!text.contains("DOE"), "patient data in the ACK");

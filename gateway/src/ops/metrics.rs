@@ -69,7 +69,7 @@ pub async fn render(control: &Control) -> String {
     let _ = writeln!(o, "ward_reloads_total{{result=\"rejected\"}} {rejected}");
 
     let stats = control.proxy().registry.flow_stats();
-    let families: [(&str, &str, &str); 3] = [
+    let families: [(&str, &str, &str); 4] = [
         (
             "ward_tunnels_opened_total",
             "counter",
@@ -81,8 +81,16 @@ pub async fn render(control: &Control) -> String {
             "Connections refused per flow.",
         ),
         ("ward_tunnels_active", "gauge", "Connections open per flow."),
+        (
+            "ward_guard_refusals_total",
+            "counter",
+            "Messages a flow's guard refused (monitor mode: would have refused).",
+        ),
     ];
-    let [opened, denied, active] = families;
+    let [opened, denied, active, guarded] = families;
+    family(&mut o, guarded, "flow", &stats, |s| {
+        s.guard_refusals.load(Ordering::Relaxed)
+    });
     family(&mut o, opened, "flow", &stats, |s| {
         s.opened.load(Ordering::Relaxed)
     });

@@ -172,9 +172,20 @@ pub async fn serve(
         };
         state.audit.record(m.event(FlowAction::Allowed, None));
         debug!("far end connected");
+        let guard = Guard {
+            monitor: state.plan().mode == ward_policy::model::Mode::Monitor,
+            guard: flow.guard.clone().map(|g| (g, guard_report(&state, &m))),
+        };
         match near {
             Near::Plain(s) => {
-                relay_far(admitted, relay::io(s.into_split()), far, flow.idle_timeout).await
+                relay_far(
+                    admitted,
+                    relay::io(s.into_split()),
+                    far,
+                    flow.idle_timeout,
+                    guard,
+                )
+                .await
             }
             Near::Tls(s) => {
                 relay_far(
@@ -182,6 +193,7 @@ pub async fn serve(
                     relay::io(tokio::io::split(*s)),
                     far,
                     flow.idle_timeout,
+                    guard,
                 )
                 .await
             }
@@ -198,19 +210,48 @@ enum Near {
     Tls(Box<tokio_rustls::server::TlsStream<ChunkedTcp>>),
 }
 
+/// A flow's guard for one connection.
+struct Guard {
+    guard: Option<(ward_policy::model::Hl7Guard, crate::guard::stream::Report)>,
+    monitor: bool,
+}
+
+/// Each message the guard refuses (or would): counted, logged, audited.
+fn guard_report(state: &Arc<ProxyState>, m: &conn::Matched) -> crate::guard::stream::Report {
+    let (audit, stats, m) = (state.audit.clone(), state.registry.flow(&m.flow), m.clone());
+    let monitor = state.plan().mode == ward_policy::model::Mode::Monitor;
+    Arc::new(move |reason: &str| {
+        stats
+            .guard_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(reason, "guard refused a message");
+        let action = if monitor {
+            FlowAction::GuardWouldRefuse
+        } else {
+            FlowAction::GuardRefused
+        };
+        audit.record(m.event(action, Some(reason.to_owned())));
+    })
+}
+
 async fn relay_far(
     admitted: conn::Admitted,
     near: (impl relay::Source, impl relay::Sink),
     far: Far,
     idle: Duration,
+    g: Guard,
 ) {
+    use crate::guard::stream::wrap;
     match far {
         Far::Tls(s) => {
-            admitted
-                .relay(near, relay::io(tokio::io::split(*s)), idle)
-                .await
+            let (fr, fw) = relay::io(tokio::io::split(*s));
+            let (up, down) = wrap(near.0, fr, g.guard, g.monitor);
+            admitted.relay((up, near.1), (down, fw), idle).await
         }
-        Far::Quic(send, recv) => admitted.relay(near, (recv, send), idle).await,
+        Far::Quic(send, recv) => {
+            let (up, down) = wrap(near.0, recv, g.guard, g.monitor);
+            admitted.relay((up, near.1), (down, send), idle).await
+        }
     }
 }
 

@@ -85,6 +85,8 @@ pub struct FlowStats {
     pub opened: AtomicU64,
     /// Connections refused since start (policy, limits, far end unreachable).
     pub denied: AtomicU64,
+    /// Messages the flow's guard refused (or, in monitor mode, would have).
+    pub guard_refusals: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,
     /// Bytes of every connection of the flow since start, per direction.

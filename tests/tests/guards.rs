@@ -1,0 +1,188 @@
+//! HL7 guards on the example hospital, with real peers: the pumps' flows
+//! allow `ORU^R01` only (pump 1 over a TCP tunnel, pump 2 over QUIC).
+//! `mllp_send` from the unchanged pump: an `ORU^R01` is ACKed by the HL7
+//! engine; an `ADT^A08` gets `MSA|AR` from Ward and never reaches the engine
+//! (its log of received message types says so); the refusal is audited
+//! with the message type only and counted. In monitor mode the same ADT
+//! passes and is audited as one the guard would refuse. Needs root; skips
+//! elsewhere, fails under CI=true.
+
+use std::time::Duration;
+
+use ward_tests::topology::{Bg, Hospital, cmd_in, wait_listen};
+
+/// An MLLP server (the `hl7` package) that ACKs every message and appends
+/// its MSH-9 to a log; argv: address, port, log.
+const LOGGING_ENGINE: &str = r#"
+import asyncio, sys
+from hl7.mllp import start_hl7_server
+async def process(reader, writer):
+    try:
+        while not writer.is_closing():
+            m = await reader.readmessage()
+            with open(sys.argv[3], "a") as log:
+                log.write(str(m.segment("MSH")[9]) + "\n")
+            writer.writemessage(m.create_ack())
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        writer.close()
+async def main():
+    async with await start_hl7_server(process, sys.argv[1], int(sys.argv[2])) as s:
+        await s.serve_forever()
+asyncio.run(main())
+"#;
+
+fn message(kind: &str, control: &str) -> String {
+    [
+        format!("MSH|^~\\&|LVP200|ICU|HIS|ST-MARY|20261205120000||{kind}|{control}|P|2.5"),
+        "PID|1||4711^^^ST-MARY^MR||DOE^JANE||19600101|F".to_owned(),
+        "OBX|1|NM|rate^Infusion rate||12|mL/h".to_owned(),
+    ]
+    .join("\r")
+}
+
+/// `mllp_send` from `ns` to `host:2575` with one message; its stdout (the ACK).
+fn send(h: &Hospital, ns: &ward_tests::netns::Netns, host: &str, msg: &str, name: &str) -> String {
+    let file = h.dir.join(&format!("{name}.hl7"));
+    std::fs::write(&file, format!("\x0b{msg}\x1c\r")).expect("write message");
+    let out = cmd_in(ns, "mllp_send")
+        .args(["--port", "2575", "--file"])
+        .arg(&file)
+        .arg(host)
+        .output()
+        .expect("mllp_send");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn audit_reasons(h: &Hospital, action: &str) -> Vec<String> {
+    std::fs::read_to_string(h.dir.join("state-edge-01/audit.jsonl"))
+        .expect("audit trail")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "flow" && r["action"] == action)
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["flow"].as_str().unwrap_or_default(),
+                r["reason"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn hl7_guard_refuses_the_protocol_way() {
+    let Ok(h) = Hospital::build("gd") else {
+        return;
+    };
+    let guard = "guard = { message_types = [\"ORU^R01\"] }\n";
+    h.edit_policy(|p| {
+        p.replace(
+            "listen = \"198.51.100.17:2575\"\ntransport = \"tcp\"\n",
+            &format!("listen = \"198.51.100.17:2575\"\ntransport = \"tcp\"\n{guard}"),
+        )
+        .replace(
+            "listen = \"198.51.100.33:2575\"\ntransport = \"tcp\"\n",
+            &format!("listen = \"198.51.100.33:2575\"\ntransport = \"quic\"\n{guard}"),
+        )
+    });
+    let policy = std::fs::read_to_string(&h.policy).expect("policy");
+    assert_eq!(policy.matches("guard = ").count(), 2, "{policy}");
+    let log = h.dir.join("engine.log");
+    let script = h.dir.join("engine.py");
+    std::fs::write(&script, LOGGING_ENGINE).expect("script");
+    let _engine = Bg(cmd_in(&h.srv, "python3")
+        .arg(&script)
+        .args(["203.0.113.6", "2575"])
+        .arg(&log)
+        .spawn()
+        .expect("python3"));
+    wait_listen(&h.srv, 2575);
+    let _hub = h.start_hub();
+    let mut edge = h.start_edge("");
+
+    for (ns, listen, tag) in [
+        (&h.pump1, "198.51.100.17", "tcp"),
+        (&h.pump2, "198.51.100.33", "quic"),
+    ] {
+        let ok = send(
+            &h,
+            ns,
+            listen,
+            &message("ORU^R01", &format!("ORU-{tag}")),
+            "oru",
+        );
+        assert!(
+            ok.contains(&format!("MSA|AA|ORU-{tag}")),
+            "{tag}: ORU not ACKed by the engine: {ok:?}\n{}",
+            edge.log()
+        );
+        let refused = send(
+            &h,
+            ns,
+            listen,
+            &message("ADT^A08", &format!("ADT-{tag}")),
+            "adt",
+        );
+        assert!(
+            refused.contains(&format!("MSA|AR|ADT-{tag}")) && refused.contains("|WARD|"),
+            "{tag}: ADT not refused by Ward: {refused:?}"
+        );
+        assert!(refused.contains("ADT\\S\\A08 not allowed"), "{refused:?}");
+        assert!(
+            !refused.contains("DOE"),
+            "patient data in the refusal: {refused:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = std::fs::read_to_string(&log).expect("engine log");
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["ORU^R01", "ORU^R01"],
+        "the engine saw: {seen}"
+    );
+    let refused = audit_reasons(&h, "guard-refused");
+    assert_eq!(
+        refused,
+        [
+            "pump1-to-hl7 HL7 message type ADT^A08 not allowed",
+            "pump2-to-hl7 HL7 message type ADT^A08 not allowed"
+        ]
+    );
+    let trail = std::fs::read_to_string(h.dir.join("state-edge-01/audit.jsonl")).expect("trail");
+    assert!(
+        !trail.contains("DOE") && !trail.contains("4711"),
+        "patient data in the audit trail"
+    );
+
+    // Monitor mode: the ADT passes, and is audited as one the guard would refuse.
+    h.edit_policy(|p| {
+        p.replace("mode = \"enforce\"", "mode = \"monitor\"")
+            .replace(
+                "listen = \"198.51.100.17:2575\"\ntransport = \"tcp\"\n",
+                &format!("listen = \"198.51.100.17:2575\"\ntransport = \"tcp\"\n{guard}"),
+            )
+    });
+    edge.signal("HUP");
+    edge.wait_log("reload applied", Duration::from_secs(10));
+    let passed = send(
+        &h,
+        &h.pump1,
+        "198.51.100.17",
+        &message("ADT^A08", "ADT-MON"),
+        "adt-mon",
+    );
+    assert!(
+        passed.contains("MSA|AA|ADT-MON"),
+        "monitor mode refused: {passed:?}"
+    );
+    assert_eq!(
+        audit_reasons(&h, "guard-would-refuse"),
+        ["pump1-to-hl7 HL7 message type ADT^A08 not allowed (monitor mode: passed)"]
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .contains("ADT^A08")
+    );
+}
