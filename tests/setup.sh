@@ -49,8 +49,9 @@ fi
 # pynetdicom is a DICOM peer of its own, and its console scripts (storescp,
 # storescu, echoscu, ...) land before dcmtk's on PATH, as on many hospital
 # machines: the tests resolve dcmtk's tools past them (peers::dcmtk).
-pip_packages=(hl7 prometheus-client "cyclonedx-python-lib[json-validation]" pynetdicom)
-if ! python3 -c 'import hl7.mllp, prometheus_client.parser, cyclonedx.validation.json, jsonschema, pynetdicom' 2>/dev/null || ! command -v mllp_send >/dev/null; then
+# pymodbus is the Modbus/TCP server and client of the guard tests.
+pip_packages=(hl7 prometheus-client "cyclonedx-python-lib[json-validation]" pynetdicom "pymodbus==3.16.1")
+if ! python3 -c 'import hl7.mllp, prometheus_client.parser, cyclonedx.validation.json, jsonschema, pynetdicom, pymodbus' 2>/dev/null || ! command -v mllp_send >/dev/null; then
   echo "==> installing the Python packages: ${pip_packages[*]}"
   python3 -m pip install --quiet "${pip_packages[@]}" || python3 -m pip install --quiet --break-system-packages "${pip_packages[@]}"
   command -v pyenv >/dev/null && pyenv rehash || true

@@ -336,14 +336,19 @@ fn render_plan(plan: &Plan) -> String {
                     v.join(", ")
                 }
             };
-            let _ = writeln!(
-                o,
-                "  {:<20} guard: HL7 message types {}; sending applications {}; facilities {}",
-                "",
-                list(&g.message_types),
-                list(&g.sending_applications),
-                list(&g.sending_facilities)
-            );
+            let text = match g {
+                ward_policy::model::Guard::Hl7(g) => format!(
+                    "HL7 message types {}; sending applications {}; facilities {}",
+                    list(&g.message_types),
+                    list(&g.sending_applications),
+                    list(&g.sending_facilities)
+                ),
+                ward_policy::model::Guard::Modbus(g) => format!(
+                    "Modbus functions {:?}; unit ids {:?}; addresses {:?}",
+                    g.functions, g.unit_ids, g.addresses
+                ),
+            };
+            let _ = writeln!(o, "  {:<20} guard: {text}", "");
         }
     }
     let _ = writeln!(o, "\ntunnels accepted here:");

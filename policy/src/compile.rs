@@ -194,7 +194,7 @@ pub struct OutboundFlow {
     pub max_connections: u32,
     /// What the device may say inside the flow, checked where its
     /// cleartext enters (this gateway).
-    pub guard: Option<Hl7Guard>,
+    pub guard: Option<Guard>,
 }
 
 /// A flow a peer gateway may open to a local target.

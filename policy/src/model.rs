@@ -569,10 +569,109 @@ pub struct Flow {
     pub connect_timeout: Duration,
     /// Maximum concurrent connections of this flow.
     pub max_connections: u32,
-    /// What may be said inside the flow (HL7 so far).
-    pub guard: Option<Item<Hl7Guard>>,
+    /// What may be said inside the flow.
+    pub guard: Option<Item<Guard>>,
     /// The whole `[[flows]]` entry.
     pub span: Span,
+}
+
+/// What may be said inside a flow, by protocol.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "protocol", rename_all = "lowercase")]
+pub enum Guard {
+    /// HL7 v2 over MLLP.
+    Hl7(Hl7Guard),
+    /// Modbus/TCP.
+    Modbus(ModbusGuard),
+}
+
+impl Guard {
+    /// The protocol the guard reads.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Guard::Hl7(_) => Protocol::Hl7,
+            Guard::Modbus(_) => Protocol::Modbus,
+        }
+    }
+}
+
+/// Modbus function codes by the names a guard uses.
+pub const MODBUS_FUNCTIONS: &[(&str, u8)] = &[
+    ("read-coils", 1),
+    ("read-discrete-inputs", 2),
+    ("read-holding-registers", 3),
+    ("read-input-registers", 4),
+    ("write-single-coil", 5),
+    ("write-single-register", 6),
+    ("write-multiple-coils", 15),
+    ("write-multiple-registers", 16),
+    ("mask-write-register", 22),
+    ("read-write-multiple-registers", 23),
+    ("read-device-identification", 43),
+];
+
+/// A Modbus/TCP flow's guard: the requests the client may send. Each list,
+/// when not empty, must contain the request's value; `addresses` bounds the
+/// functions it names (inclusive ranges), others are not bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModbusGuard {
+    /// Function codes.
+    pub functions: Vec<u8>,
+    /// Unit identifiers.
+    pub unit_ids: Vec<u8>,
+    /// Per function code, the address ranges (first, last) it may touch.
+    pub addresses: std::collections::BTreeMap<u8, Vec<(u16, u16)>>,
+}
+
+/// Modbus exception: illegal function.
+pub const MODBUS_ILLEGAL_FUNCTION: u8 = 1;
+/// Modbus exception: illegal data address.
+pub const MODBUS_ILLEGAL_ADDRESS: u8 = 2;
+/// Modbus exception: gateway path unavailable (a unit id not allowed).
+pub const MODBUS_GATEWAY_PATH: u8 = 0x0a;
+
+impl ModbusGuard {
+    /// Why a request (unit, function, the (start, count) ranges it touches)
+    /// is refused, if it is: the exception code to answer and the reason.
+    pub fn refuses(&self, unit: u8, function: u8, ranges: &[(u16, u16)]) -> Option<(u8, String)> {
+        let name =
+            modbus_function_name(function).map_or_else(|| function.to_string(), str::to_owned);
+        if !self.functions.is_empty() && !self.functions.contains(&function) {
+            return Some((
+                MODBUS_ILLEGAL_FUNCTION,
+                format!("Modbus function {name} not allowed"),
+            ));
+        }
+        if !self.unit_ids.is_empty() && !self.unit_ids.contains(&unit) {
+            return Some((
+                MODBUS_GATEWAY_PATH,
+                format!("Modbus unit id {unit} not allowed"),
+            ));
+        }
+        if let Some(allowed) = self.addresses.get(&function) {
+            for &(start, count) in ranges {
+                let last = u32::from(start) + u32::from(count.max(1)) - 1;
+                if !allowed
+                    .iter()
+                    .any(|&(a, b)| u32::from(start) >= u32::from(a) && last <= u32::from(b))
+                {
+                    return Some((
+                        MODBUS_ILLEGAL_ADDRESS,
+                        format!("Modbus {name} of addresses {start}-{last} not allowed"),
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The name of a Modbus function code, as a guard names it.
+pub fn modbus_function_name(code: u8) -> Option<&'static str> {
+    MODBUS_FUNCTIONS
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(n, _)| *n)
 }
 
 /// An HL7 v2 flow's guard: the messages the device may send. Each list,

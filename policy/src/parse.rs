@@ -328,6 +328,205 @@ impl<'a, 'i> Obj<'a, 'i> {
 }
 
 /// Ids become nft object names and log prefixes: keep them to a safe alphabet.
+/// The items of array `k` of `g`, each with its key.
+fn guard_array<'a, 'i>(
+    g: &mut Obj<'a, 'i>,
+    d: &mut Diagnostics,
+    k: &'static str,
+) -> Vec<(String, &'a Val<'i>)> {
+    let key = g.key(k);
+    match g.get(k) {
+        None => Vec::new(),
+        Some(v) => match v.get_ref() {
+            DeValue::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{key}[{i}]"), v))
+                .collect(),
+            other => {
+                d.error(
+                    &v.span(),
+                    key,
+                    format!("expected an array, found {}", other.type_str()),
+                );
+                Vec::new()
+            }
+        },
+    }
+}
+
+/// A flow's `guard` table: HL7 keys or Modbus keys, never both.
+fn parse_guard(mut g: Obj, d: &mut Diagnostics) -> Option<Item<Guard>> {
+    const HL7: [&str; 3] = [
+        "message_types",
+        "sending_applications",
+        "sending_facilities",
+    ];
+    const MODBUS: [&str; 3] = ["functions", "unit_ids", "addresses"];
+    let span = g.span.clone();
+    let has = |keys: &[&str]| keys.iter().any(|k| g.table.get(*k).is_some());
+    let (hl7, modbus) = (has(&HL7), has(&MODBUS));
+    if hl7 && modbus {
+        d.error(&span, g.path.clone(), "a guard is for one protocol: HL7 keys (message_types, sending_applications, sending_facilities) or Modbus keys (functions, unit_ids, addresses)");
+        return None;
+    }
+    if modbus {
+        let names: Vec<&str> = MODBUS_FUNCTIONS.iter().map(|(n, _)| *n).collect();
+        let function = |d: &mut Diagnostics, key: String, v: &Val| -> Option<u8> {
+            match v.get_ref() {
+                DeValue::String(s) => match MODBUS_FUNCTIONS.iter().find(|(n, _)| *n == s.as_ref())
+                {
+                    Some((_, c)) => Some(*c),
+                    None => {
+                        d.error_help(
+                            &v.span(),
+                            key,
+                            format!("\"{s}\" is not a Modbus function"),
+                            did_you_mean(s, names.iter().copied()),
+                        );
+                        None
+                    }
+                },
+                DeValue::Integer(i) => match i.as_str().parse::<u8>() {
+                    Ok(c) if (1..=127).contains(&c) => Some(c),
+                    _ => {
+                        d.error(
+                            &v.span(),
+                            key,
+                            format!("{} is not a Modbus function code (1 to 127)", i.as_str()),
+                        );
+                        None
+                    }
+                },
+                other => {
+                    d.error(
+                        &v.span(),
+                        key,
+                        format!(
+                            "expected a function name or code, found {}",
+                            other.type_str()
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let functions: Vec<u8> = guard_array(&mut g, d, "functions")
+            .into_iter()
+            .filter_map(|(key, v)| function(d, key, v))
+            .collect();
+        let unit_ids: Vec<u8> = guard_array(&mut g, d, "unit_ids")
+            .into_iter()
+            .filter_map(|(key, v)| match v.get_ref() {
+                DeValue::Integer(i) => match i.as_str().parse::<u8>() {
+                    Ok(u) => Some(u),
+                    Err(_) => {
+                        d.error(
+                            &v.span(),
+                            key,
+                            format!("{} is not a unit id (0 to 255)", i.as_str()),
+                        );
+                        None
+                    }
+                },
+                other => {
+                    d.error(
+                        &v.span(),
+                        key,
+                        format!("expected a unit id, found {}", other.type_str()),
+                    );
+                    None
+                }
+            })
+            .collect();
+        let mut addresses: BTreeMap<u8, Vec<(u16, u16)>> = BTreeMap::new();
+        for (key, v) in guard_array(&mut g, d, "addresses") {
+            let DeValue::Table(t) = v.get_ref() else {
+                d.error(
+                    &v.span(),
+                    key,
+                    "expected { function = \"…\", from = N, to = N }",
+                );
+                continue;
+            };
+            let mut a = Obj::new(t, v.span(), key.clone());
+            let f = a
+                .get("function")
+                .and_then(|fv| function(d, a.key("function"), fv));
+            if a.table.get("function").is_none() {
+                a.missing(d, "function");
+            }
+            let from = a.int(d, "from", 0..=65535);
+            let to = a.int(d, "to", 0..=65535);
+            let to_key = a.key("to");
+            if a.table.get("from").is_none() {
+                a.missing(d, "from");
+            }
+            if a.table.get("to").is_none() {
+                a.missing(d, "to");
+            }
+            a.finish(d);
+            if let (Some(f), Some(from), Some(to)) = (f, from, to) {
+                if from.value > to.value {
+                    d.error(
+                        &to.span,
+                        to_key,
+                        format!(
+                            "the range ends ({}) before it starts ({})",
+                            to.value, from.value
+                        ),
+                    );
+                    continue;
+                }
+                addresses
+                    .entry(f)
+                    .or_default()
+                    .push((from.value as u16, to.value as u16));
+            }
+        }
+        g.finish(d);
+        return Some(Item::new(
+            Guard::Modbus(ModbusGuard {
+                functions,
+                unit_ids,
+                addresses,
+            }),
+            span,
+        ));
+    }
+    if !hl7 {
+        // Unknown keys only (a DICOM guard): `finish` names them.
+        if g.table.is_empty() {
+            d.error(&span, g.path.clone(), "an empty guard: name what the device may send (HL7: message_types, sending_applications, sending_facilities; Modbus: functions, unit_ids, addresses)");
+        }
+        g.finish(d);
+        return None;
+    }
+    let message_types = g.string_list(d, "message_types");
+    for t in &message_types {
+        if !is_hl7_message_type(&t.value) {
+            d.error_help(
+                &t.span,
+                g.key("message_types"),
+                format!("\"{}\" is not an HL7 message type", t.value),
+                Some("write MSH-9's type and trigger event, e.g. \"ORU^R01\", \"ADT^A08\"".into()),
+            );
+        }
+    }
+    let list = |v: Vec<Item<String>>| v.into_iter().map(|i| i.value).collect::<Vec<_>>();
+    let sending_applications = list(g.string_list(d, "sending_applications"));
+    let sending_facilities = list(g.string_list(d, "sending_facilities"));
+    g.finish(d);
+    Some(Item::new(
+        Guard::Hl7(Hl7Guard {
+            message_types: list(message_types),
+            sending_applications,
+            sending_facilities,
+        }),
+        span,
+    ))
+}
+
 fn check_id(d: &mut Diagnostics, id: &Item<String>, key: &str) {
     let s = &id.value;
     let ok_chars = s
@@ -775,35 +974,7 @@ fn read_policy(d: &mut Diagnostics, doc: &DeTable, source: SourceMap) -> Policy 
                 warning,
             })
         });
-        let guard = o.table(d, "guard").map(|mut g| {
-            let span = g.span.clone();
-            let message_types = g.string_list(d, "message_types");
-            for t in &message_types {
-                if !is_hl7_message_type(&t.value) {
-                    d.error_help(
-                        &t.span,
-                        g.key("message_types"),
-                        format!("\"{}\" is not an HL7 message type", t.value),
-                        Some(
-                            "write MSH-9's type and trigger event, e.g. \"ORU^R01\", \"ADT^A08\""
-                                .into(),
-                        ),
-                    );
-                }
-            }
-            let list = |v: Vec<Item<String>>| v.into_iter().map(|i| i.value).collect::<Vec<_>>();
-            let sending_applications = list(g.string_list(d, "sending_applications"));
-            let sending_facilities = list(g.string_list(d, "sending_facilities"));
-            g.finish(d);
-            Item::new(
-                Hl7Guard {
-                    message_types: list(message_types),
-                    sending_applications,
-                    sending_facilities,
-                },
-                span,
-            )
-        });
+        let guard = o.table(d, "guard").and_then(|g| parse_guard(g, d));
         let had_window = o.table.get("window").is_some();
         let span = o.span.clone();
         let key = o.path.clone();

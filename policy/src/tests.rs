@@ -906,10 +906,9 @@ fn hl7_guards() {
     );
     let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
     let edge = compile(&p, "edge-01").expect("edge");
-    let g = edge.outbound["pump1-to-hl7"]
-        .guard
-        .clone()
-        .expect("guard compiled");
+    let Some(crate::model::Guard::Hl7(g)) = edge.outbound["pump1-to-hl7"].guard.clone() else {
+        panic!("guard not compiled");
+    };
     assert_eq!(g.refuses("ORU^R01", "LVP200", "ICU"), None);
     assert_eq!(
         g.refuses("ADT^A08", "LVP200", "ICU").as_deref(),
@@ -938,4 +937,84 @@ fn hl7_guards() {
         "{ message_types = [\"ORU^R01\"] }",
     );
     one_error(&inbound, "flows[3].guard");
+}
+
+/// Modbus guards: names or codes, unit ids, ranges per function; refusals
+/// carry the exception to answer; a mixed guard, an empty guard, an
+/// unknown function (with a suggestion) and a backwards range are errors.
+#[test]
+fn modbus_guards() {
+    use crate::model::{
+        Guard, MODBUS_GATEWAY_PATH, MODBUS_ILLEGAL_ADDRESS, MODBUS_ILLEGAL_FUNCTION,
+    };
+    let with = |guard: &str| {
+        format!(
+            "{EXAMPLE}
+[services.plc]
+address = \"203.0.113.7:502\"
+via = \"hub-dc-01\"
+protocol = \"modbus\"
+
+[[flows]]
+name = \"monitor-to-plc\"
+from = \"monitor-icu-3\"
+to = \"plc\"
+listen = \"198.51.100.49:502\"
+guard = {guard}
+"
+        )
+    };
+    let text = with(
+        "{ functions = [\"read-holding-registers\", 23], unit_ids = [1], addresses = [{ function = \"read-holding-registers\", from = 0, to = 99 }] }",
+    );
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    let Some(Guard::Modbus(g)) = edge.outbound["monitor-to-plc"].guard.clone() else {
+        panic!("guard not compiled");
+    };
+    assert_eq!(g.functions, [3, 23]);
+    assert_eq!(g.refuses(1, 3, &[(0, 100)]), None);
+    assert_eq!(
+        g.refuses(1, 6, &[(5, 1)]).map(|r| r.0),
+        Some(MODBUS_ILLEGAL_FUNCTION)
+    );
+    assert_eq!(
+        g.refuses(2, 3, &[(5, 1)]).map(|r| r.0),
+        Some(MODBUS_GATEWAY_PATH)
+    );
+    let past = g.refuses(1, 3, &[(99, 2)]).expect("past the range");
+    assert_eq!(
+        past,
+        (
+            MODBUS_ILLEGAL_ADDRESS,
+            "Modbus read-holding-registers of addresses 99-100 not allowed".into()
+        )
+    );
+    // Function 23 has no range: any address.
+    assert_eq!(g.refuses(1, 23, &[(500, 4), (600, 1)]), None);
+
+    let key = "flows[4].guard";
+    let mixed = with("{ functions = [3], message_types = [\"ORU^R01\"] }");
+    one_error(&mixed, key);
+    one_error(&with("{}"), key);
+    let typo = with("{ functions = [\"read-holding-register\"] }");
+    let e = one_error(&typo, "flows[4].guard.functions[0]");
+    assert!(
+        e.help
+            .as_deref()
+            .is_some_and(|h| h.contains("read-holding-registers")),
+        "{e:?}"
+    );
+    let backwards = with("{ addresses = [{ function = 3, from = 10, to = 5 }] }");
+    one_error(&backwards, "flows[4].guard.addresses[0].to");
+    let on_hl7 = EXAMPLE.replacen(
+        "listen = \"198.51.100.17:2575\"",
+        "listen = \"198.51.100.17:2575\"\nguard = { functions = [3] }",
+        1,
+    );
+    let e = one_error(&on_hl7, "flows[1].guard");
+    assert!(
+        e.message.contains("a modbus guard") && e.message.contains("speaks hl7"),
+        "{e:?}"
+    );
 }

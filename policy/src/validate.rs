@@ -323,16 +323,19 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
             match &f.kind {
                 FlowKind::Outbound { service, .. } => {
                     if let Some(svc) = p.services.get(&service.value)
-                        && svc.protocol != Protocol::Hl7
+                        && svc.protocol != g.value.protocol()
                     {
                         d.error_help(
                             &g.span,
                             format!("{key}.guard"),
                             format!(
-                                "flow \"{}\" has an HL7 guard, but service \"{}\" speaks {}",
-                                f.name.value, service.value, svc.protocol
+                                "flow \"{}\" has a {} guard, but service \"{}\" speaks {}",
+                                f.name.value,
+                                g.value.protocol(),
+                                service.value,
+                                svc.protocol
                             ),
-                            Some("guards exist for HL7 flows so far (message_types, sending_applications, sending_facilities); DICOM and Modbus guards are not enforced yet".into()),
+                            Some("guards exist for HL7 (message_types, sending_applications, sending_facilities) and Modbus (functions, unit_ids, addresses) so far; DICOM guards are not enforced yet".into()),
                         );
                     }
                 }

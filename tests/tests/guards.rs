@@ -1,15 +1,23 @@
-//! HL7 guards on the example hospital, with real peers: the pumps' flows
+//! Protocol guards on the example hospital, with real peers.
+//!
+//! HL7: the pumps' flows
 //! allow `ORU^R01` only (pump 1 over a TCP tunnel, pump 2 over QUIC).
 //! `mllp_send` from the unchanged pump: an `ORU^R01` is ACKed by the HL7
 //! engine; an `ADT^A08` gets `MSA|AR` from Ward and never reaches the engine
 //! (its log of received message types says so); the refusal is audited
 //! with the message type only and counted. In monitor mode the same ADT
-//! passes and is audited as one the guard would refuse. Needs root; skips
-//! elsewhere, fails under CI=true.
+//! passes and is audited as one the guard would refuse.
+//!
+//! Modbus: the patient monitor reads a PLC (pymodbus server) through a flow
+//! that allows reading holding registers 0-99 of unit 1: a pymodbus client
+//! reads, a write gets exception 01 (illegal function) and leaves the
+//! register unchanged, a read past the range gets exception 02.
+//!
+//! Needs root; skips elsewhere, fails under CI=true.
 
 use std::time::Duration;
 
-use ward_tests::topology::{Bg, Hospital, cmd_in, wait_listen};
+use ward_tests::topology::{Bg, Hospital, cmd_in, ip, wait_listen};
 
 /// An MLLP server (the `hl7` package) that ACKs every message and appends
 /// its MSH-9 to a log; argv: address, port, log.
@@ -184,5 +192,102 @@ fn hl7_guard_refuses_the_protocol_way() {
         std::fs::read_to_string(&log)
             .expect("log")
             .contains("ADT^A08")
+    );
+}
+
+/// A Modbus/TCP server (pymodbus) with holding registers; argv: address, port.
+const MODBUS_SERVER: &str = r#"
+import asyncio, sys
+from pymodbus.datastore import ModbusSequentialDataBlock, ModbusDeviceContext, ModbusServerContext
+from pymodbus.server import StartAsyncTcpServer
+hr = ModbusSequentialDataBlock(1, [100 + i for i in range(300)])
+ctx = ModbusServerContext(devices=ModbusDeviceContext(hr=hr), single=True)
+asyncio.run(StartAsyncTcpServer(context=ctx, address=(sys.argv[1], int(sys.argv[2]))))
+"#;
+
+/// A pymodbus client: a read, a write, a read past the allowed range, the
+/// read again; prints what each got as JSON. argv: address, port.
+const MODBUS_CLIENT: &str = r#"
+import json, sys
+from pymodbus.client import ModbusTcpClient
+c = ModbusTcpClient(sys.argv[1], port=int(sys.argv[2]), timeout=3, retries=0)
+assert c.connect(), "no connection"
+def res(r):
+    return {"exception": r.exception_code} if r.isError() else {"registers": getattr(r, "registers", [])}
+out = {
+    "read": res(c.read_holding_registers(10, count=4, device_id=1)),
+    "write": res(c.write_register(10, 7, device_id=1)),
+    "past": res(c.read_holding_registers(150, count=4, device_id=1)),
+    "again": res(c.read_holding_registers(10, count=4, device_id=1)),
+}
+print(json.dumps(out))
+"#;
+
+#[test]
+fn modbus_guard_answers_exceptions() {
+    let Ok(h) = Hospital::build("gm") else {
+        return;
+    };
+    h.edit_policy(|p| {
+        format!(
+            "{p}
+[services.plc]
+address = \"203.0.113.7:502\"
+via = \"hub-dc-01\"
+protocol = \"modbus\"
+
+[[flows]]
+name = \"monitor-to-plc\"
+from = \"monitor-icu-3\"
+to = \"plc\"
+listen = \"198.51.100.49:502\"
+guard = {{ functions = [\"read-holding-registers\"], unit_ids = [1], addresses = [{{ function = \"read-holding-registers\", from = 0, to = 99 }}] }}
+"
+        )
+    });
+    ip(&h.srv, "addr add 203.0.113.7/24 dev eth0");
+    let script = h.dir.join("plc.py");
+    std::fs::write(&script, MODBUS_SERVER).expect("script");
+    let _plc = Bg(cmd_in(&h.srv, "python3")
+        .arg(&script)
+        .args(["203.0.113.7", "502"])
+        .spawn()
+        .expect("python3"));
+    wait_listen(&h.srv, 502);
+    let _hub = h.start_hub();
+    let _edge = h.start_edge("");
+    let client = h.dir.join("client.py");
+    std::fs::write(&client, MODBUS_CLIENT).expect("script");
+    let out = cmd_in(&h.monitor, "python3")
+        .arg(&client)
+        .args(["198.51.100.49", "502"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "pymodbus client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let read = got["read"]["registers"]
+        .as_array()
+        .expect("the read worked");
+    assert_eq!(read.len(), 4, "{got}");
+    assert_eq!(got["write"]["exception"], 1, "write not refused: {got}");
+    assert_eq!(
+        got["past"]["exception"], 2,
+        "read past the range not refused: {got}"
+    );
+    assert_eq!(
+        &got["again"]["registers"], &got["read"]["registers"],
+        "the register changed: {got}"
+    );
+    let refused = audit_reasons(&h, "guard-refused");
+    assert_eq!(
+        refused,
+        [
+            "monitor-to-plc Modbus function write-single-register not allowed",
+            "monitor-to-plc Modbus read-holding-registers of addresses 150-153 not allowed"
+        ]
     );
 }

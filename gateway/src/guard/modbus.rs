@@ -117,8 +117,20 @@ impl Request {
         }
     }
 
+    /// The request as it was sent.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(MBAP + 1 + self.data.len());
+        v.extend(self.transaction.to_be_bytes());
+        v.extend([0, 0]);
+        v.extend(((self.data.len() + 2) as u16).to_be_bytes());
+        v.push(self.unit);
+        v.push(self.function);
+        v.extend_from_slice(&self.data);
+        v
+    }
+
     /// The exception response to this request (`code`: 1 illegal function,
-    /// 2 illegal data address).
+    /// 2 illegal data address, 0x0a gateway path unavailable).
     pub fn exception(&self, code: u8) -> Vec<u8> {
         let t = self.transaction.to_be_bytes();
         vec![
@@ -137,20 +149,7 @@ impl Request {
 
 /// Modbus function names, as a guard names them.
 pub fn function_name(code: u8) -> Option<&'static str> {
-    Some(match code {
-        1 => "read-coils",
-        2 => "read-discrete-inputs",
-        3 => "read-holding-registers",
-        4 => "read-input-registers",
-        5 => "write-single-coil",
-        6 => "write-single-register",
-        15 => "write-multiple-coils",
-        16 => "write-multiple-registers",
-        22 => "mask-write-register",
-        23 => "read-write-multiple-registers",
-        43 => "read-device-identification",
-        _ => return None,
-    })
+    ward_policy::model::modbus_function_name(code)
 }
 
 #[cfg(test)]
@@ -213,6 +212,12 @@ mod tests {
             ]
         );
         assert_eq!(out[1].exception(1), [0, 8, 0, 0, 0, 3, 1, 0x86, 1]);
+        for (r, raw) in out
+            .iter()
+            .zip([&read, &frame(8, 1, &[6, 0, 20, 0x12, 0x34])])
+        {
+            assert_eq!(&r.bytes(), raw, "re-encoded as sent");
+        }
         assert_eq!(
             function_name(out[0].function),
             Some("read-holding-registers")

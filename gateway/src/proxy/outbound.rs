@@ -212,7 +212,7 @@ enum Near {
 
 /// A flow's guard for one connection.
 struct Guard {
-    guard: Option<(ward_policy::model::Hl7Guard, crate::guard::stream::Report)>,
+    guard: Option<(ward_policy::model::Guard, crate::guard::stream::Report)>,
     monitor: bool,
 }
 
