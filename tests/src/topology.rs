@@ -251,14 +251,19 @@ pub fn routed_policy(example: String) -> String {
         .replace("listen = \"198.51.100.33:2575\"\n", "")
 }
 
-/// An MLLP server answering ACKs (the `hl7` package); argv: address, port.
+/// An MLLP server answering ACKs (the `hl7` package); argv: address, port,
+/// and optionally a file to which it appends each message's MSH-9.
 pub const MLLP_SERVER: &str = r#"
 import asyncio, sys
 from hl7.mllp import start_hl7_server
+log = sys.argv[3] if len(sys.argv) > 3 else None
 async def process(reader, writer):
     try:
         while not writer.is_closing():
             m = await reader.readmessage()
+            if log:
+                with open(log, "a") as f:
+                    f.write(str(m.segment("MSH")[9]) + "\n")
             writer.writemessage(m.create_ack())
             await writer.drain()
     except asyncio.IncompleteReadError:

@@ -17,28 +17,7 @@
 
 use std::time::Duration;
 
-use ward_tests::topology::{Bg, Hospital, cmd_in, ip, wait_listen};
-
-/// An MLLP server (the `hl7` package) that ACKs every message and appends
-/// its MSH-9 to a log; argv: address, port, log.
-const LOGGING_ENGINE: &str = r#"
-import asyncio, sys
-from hl7.mllp import start_hl7_server
-async def process(reader, writer):
-    try:
-        while not writer.is_closing():
-            m = await reader.readmessage()
-            with open(sys.argv[3], "a") as log:
-                log.write(str(m.segment("MSH")[9]) + "\n")
-            writer.writemessage(m.create_ack())
-            await writer.drain()
-    except asyncio.IncompleteReadError:
-        writer.close()
-async def main():
-    async with await start_hl7_server(process, sys.argv[1], int(sys.argv[2])) as s:
-        await s.serve_forever()
-asyncio.run(main())
-"#;
+use ward_tests::topology::{Bg, Hospital, MLLP_SERVER, cmd_in, ip, wait_listen};
 
 fn message(kind: &str, control: &str) -> String {
     [
@@ -98,7 +77,7 @@ fn hl7_guard_refuses_the_protocol_way() {
     assert_eq!(policy.matches("guard = ").count(), 2, "{policy}");
     let log = h.dir.join("engine.log");
     let script = h.dir.join("engine.py");
-    std::fs::write(&script, LOGGING_ENGINE).expect("script");
+    std::fs::write(&script, MLLP_SERVER).expect("script");
     let _engine = Bg(cmd_in(&h.srv, "python3")
         .arg(&script)
         .args(["203.0.113.6", "2575"])
