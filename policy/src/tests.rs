@@ -128,7 +128,8 @@ fn duplicate_flow_name() {
 /// One device reaching two flows at one listen address is a clash.
 #[test]
 fn listen_clash_same_device() {
-    let text = EXAMPLE.replace("listen = \"198.51.100.17:2575\"", "listen = \"198.51.100.17:2575\"\n[[flows]]\nname = \"pump1-again\"\nfrom = \"pump-icu-01\"\nto = \"pacs\"\nlisten = \"198.51.100.17:2575\"");
+    let pump1 = "listen = \"198.51.100.17:2575\"\ntransport = \"tcp\"\nguard = { message_types = [\"ORU^R01\"] }";
+    let text = EXAMPLE.replace(pump1, &format!("{pump1}\n[[flows]]\nname = \"pump1-again\"\nfrom = \"pump-icu-01\"\nto = \"pacs\"\nlisten = \"198.51.100.17:2575\""));
     let e = one_error(&text, "flows[2].listen");
     assert!(
         e.message.contains("clashes with flow \"pump1-to-hl7\""),
@@ -895,15 +896,15 @@ fn judge_observed_flows() {
 /// guard on an inbound flow are errors at their place.
 #[test]
 fn hl7_guards() {
-    let guarded = |flow_line: &str, guard: &str| {
-        assert!(EXAMPLE.contains(flow_line), "{flow_line}");
-        EXAMPLE.replacen(flow_line, &format!("{flow_line}\nguard = {guard}"), 1)
+    // The example's pump flows carry HL7 guards: pump 1's is replaced here.
+    let pump = "guard = { message_types = [\"ORU^R01\"] }";
+    assert_eq!(EXAMPLE.matches(pump).count(), 2);
+    let guarded = |line: &str, guard: &str| {
+        assert!(EXAMPLE.contains(line), "{line}");
+        EXAMPLE.replacen(line, &format!("{line}\nguard = {guard}"), 1)
     };
-    let pump = "listen = \"198.51.100.17:2575\"";
-    let text = guarded(
-        pump,
-        "{ message_types = [\"ORU^R01\"], sending_applications = [\"LVP200\"] }",
-    );
+    let pump_guard = |guard: &str| EXAMPLE.replacen(pump, &format!("guard = {guard}"), 1);
+    let text = pump_guard("{ message_types = [\"ORU^R01\"], sending_applications = [\"LVP200\"] }");
     let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
     let edge = compile(&p, "edge-01").expect("edge");
     let Some(crate::model::Guard::Hl7(g)) = edge.outbound["pump1-to-hl7"].guard.clone() else {
@@ -915,9 +916,10 @@ fn hl7_guards() {
         Some("HL7 message type ADT^A08 not allowed")
     );
     assert!(g.refuses("ORU^R01", "OTHER", "ICU").is_some());
-    assert!(edge.outbound["pump2-to-hl7"].guard.is_none());
+    assert!(edge.outbound["pump2-to-hl7"].guard.is_some());
+    assert!(edge.outbound["ct2-to-pacs"].guard.is_none());
 
-    let bad = guarded(pump, "{ message_types = [\"oru-r01\"] }");
+    let bad = pump_guard("{ message_types = [\"oru-r01\"] }");
     let e = one_error(&bad, "flows[1].guard.message_types");
     assert_eq!(e.line, line_of(&bad, "oru-r01"));
     assert!(
@@ -930,7 +932,7 @@ fn hl7_guards() {
     );
     let e = one_error(&on_dicom, "flows[0].guard");
     assert!(e.message.contains("speaks dicom"), "{e:?}");
-    let dicom_keys = guarded(pump, "{ calling_ae_titles = [\"CT2\"] }");
+    let dicom_keys = pump_guard("{ calling_ae_titles = [\"CT2\"] }");
     one_error(&dicom_keys, "flows[1].guard.calling_ae_titles");
     let inbound = guarded(
         "listen = \"192.0.2.10:24105\"",
@@ -1008,8 +1010,8 @@ guard = {guard}
     let backwards = with("{ addresses = [{ function = 3, from = 10, to = 5 }] }");
     one_error(&backwards, "flows[4].guard.addresses[0].to");
     let on_hl7 = EXAMPLE.replacen(
-        "listen = \"198.51.100.17:2575\"",
-        "listen = \"198.51.100.17:2575\"\nguard = { functions = [3] }",
+        "guard = { message_types = [\"ORU^R01\"] }",
+        "guard = { functions = [3] }",
         1,
     );
     let e = one_error(&on_hl7, "flows[1].guard");

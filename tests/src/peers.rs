@@ -385,13 +385,14 @@ pub fn mllp_server(dir: &TempDir, addr: SocketAddr) -> Peer {
     }
 }
 
-/// An ADT^A01 message as an infusion pump's interface engine would send.
+/// An ORU^R01 message as an infusion pump sends it: the infusion rate as an
+/// observation (the example policy's pump flows allow ORU^R01 only).
 pub fn hl7_message(control_id: &str) -> String {
     [
-        format!("MSH|^~\\&|PUMP|ICU|HIS|ST-MARY|20261126120000||ADT^A01|{control_id}|P|2.5"),
-        "EVN|A01|20261126120000".to_owned(),
+        format!("MSH|^~\\&|PUMP|ICU|HIS|ST-MARY|20261126120000||ORU^R01|{control_id}|P|2.5"),
         "PID|1||4711^^^ST-MARY^MR||DOE^JANE||19600101|F".to_owned(),
-        "PV1|1|I|ICU^01^01".to_owned(),
+        "OBR|1|||rate^Infusion rate".to_owned(),
+        "OBX|1|NM|rate^Infusion rate||12|mL/h|||||F".to_owned(),
     ]
     .join("\r")
 }

@@ -105,7 +105,7 @@ fn main() {
     );
 
     step(
-        "4. an HL7 ADT message from infusion pump 1: mllp_send -> edge 198.51.100.17:2575 -> TCP tunnel -> hub -> HL7 engine",
+        "4. an HL7 ORU^R01 result from infusion pump 1 (its flow allows nothing else): mllp_send -> edge 198.51.100.17:2575 -> TCP tunnel -> hub -> HL7 engine",
     );
     let ack = mllp_send(&h, &h.pump1, "198.51.100.17", "DEMO0001");
     check(
