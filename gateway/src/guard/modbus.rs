@@ -3,7 +3,7 @@
 //! (never the values written), and the exception response Ward answers a
 //! refused request with.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 /// MBAP header length (transaction, protocol, length, unit id).
 pub const MBAP: usize = 7;
@@ -32,6 +32,8 @@ pub struct Request {
     pub function: u8,
     /// The PDU after the function code.
     pub data: Vec<u8>,
+    /// The whole frame as it came.
+    pub raw: Bytes,
 }
 
 /// An address range a request reads or writes: `start .. start + count`.
@@ -72,12 +74,13 @@ impl Framer {
             if self.buf.len() < total {
                 break;
             }
-            let frame = self.buf.split_to(total);
+            let frame = self.buf.split_to(total).freeze();
             out.push(Request {
                 transaction: u16::from_be_bytes([frame[0], frame[1]]),
                 unit: frame[6],
                 function: frame[7],
                 data: frame[8..].to_vec(),
+                raw: frame,
             });
         }
         Ok(out)
@@ -115,18 +118,6 @@ impl Request {
             23 => range(0, false).into_iter().chain(range(4, true)).collect(),
             _ => Vec::new(),
         }
-    }
-
-    /// The request as it was sent.
-    pub fn bytes(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(MBAP + 1 + self.data.len());
-        v.extend(self.transaction.to_be_bytes());
-        v.extend([0, 0]);
-        v.extend(((self.data.len() + 2) as u16).to_be_bytes());
-        v.push(self.unit);
-        v.push(self.function);
-        v.extend_from_slice(&self.data);
-        v
     }
 
     /// The exception response to this request (`code`: 1 illegal function,
@@ -216,7 +207,7 @@ mod tests {
             .iter()
             .zip([&read, &frame(8, 1, &[6, 0, 20, 0x12, 0x34])])
         {
-            assert_eq!(&r.bytes(), raw, "re-encoded as sent");
+            assert_eq!(&r.raw[..], &raw[..], "passed on as sent");
         }
         assert_eq!(
             function_name(out[0].function),

@@ -27,6 +27,11 @@ pub struct GuardedUp<S> {
 
 struct Checker {
     rules: Rules,
+    answer: Answer,
+}
+
+/// How refusals are told and answered.
+struct Answer {
     monitor: bool,
     replies: mpsc::UnboundedSender<Bytes>,
     report: Report,
@@ -156,9 +161,11 @@ pub fn wrap<U: Source, D: Source>(
             inner: up,
             guard: Some(Checker {
                 rules,
-                monitor,
-                replies: tx,
-                report,
+                answer: Answer {
+                    monitor,
+                    replies: tx,
+                    report,
+                },
             }),
         },
         Injecting {
@@ -190,7 +197,7 @@ fn now_hl7() -> String {
     )
 }
 
-impl Checker {
+impl Answer {
     /// The stream is not the protocol: reported, and the connection ends.
     fn invalid(&self, e: impl std::fmt::Display) -> std::io::Error {
         (self.report)(&format!("stream refused: {e}"));
@@ -216,25 +223,27 @@ impl Checker {
             let _ = self.replies.send(Bytes::from(answer()));
         }
     }
+}
 
+impl Checker {
     /// Judge the complete messages `data` finishes; allowed ones go to `out`.
     fn check(&mut self, data: &[u8], out: &mut Vec<Bytes>) -> std::io::Result<()> {
-        match &mut self.rules {
+        let Checker { rules, answer } = self;
+        match rules {
             Rules::Hl7(guard, framer) => {
                 let messages = match framer.push(data) {
                     Ok(m) => m,
-                    Err(e) => return Err(self.invalid(e)),
+                    Err(e) => return Err(answer.invalid(e)),
                 };
-                let guard = guard.clone();
                 for m in messages {
-                    let msh = hl7::parse_msh(&m).map_err(|e| self.invalid(e))?;
+                    let msh = hl7::parse_msh(&m).map_err(|e| answer.invalid(e))?;
                     match guard.refuses(
                         &msh.message_type,
                         &msh.sending_application,
                         &msh.sending_facility,
                     ) {
                         None => out.push(framed(&m)),
-                        Some(reason) => self.refuse(
+                        Some(reason) => answer.refuse(
                             &reason,
                             framed(&m),
                             || hl7::reject_ack(&msh, &reason, &now_hl7()),
@@ -246,16 +255,15 @@ impl Checker {
             Rules::Modbus(guard, framer) => {
                 let requests = match framer.push(data) {
                     Ok(r) => r,
-                    Err(e) => return Err(self.invalid(e)),
+                    Err(e) => return Err(answer.invalid(e)),
                 };
-                let guard = guard.clone();
                 for r in requests {
                     let ranges: Vec<(u16, u16)> =
                         r.ranges().iter().map(|x| (x.start, x.count)).collect();
                     match guard.refuses(r.unit, r.function, &ranges) {
-                        None => out.push(Bytes::from(r.bytes())),
+                        None => out.push(r.raw.clone()),
                         Some((code, reason)) => {
-                            self.refuse(&reason, Bytes::from(r.bytes()), || r.exception(code), out)
+                            answer.refuse(&reason, r.raw.clone(), || r.exception(code), out)
                         }
                     }
                 }
