@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ward_tests::load::{in_netns, median};
-use ward_tests::topology::{Hospital, ip};
+use ward_tests::topology::Hospital;
 
 const RUNS: usize = 5;
 const REQUESTS: usize = 5_000;
@@ -80,30 +80,7 @@ fn main() {
         eprintln!("guards bench: needs root (network namespaces); skipped");
         return;
     };
-    h.edit_policy(|p| {
-        format!(
-            "{p}
-[services.plc]
-address = \"203.0.113.7:502\"
-via = \"hub-dc-01\"
-protocol = \"modbus\"
-
-[[flows]]
-name = \"plc-guarded\"
-from = \"monitor-icu-3\"
-to = \"plc\"
-listen = \"198.51.100.49:502\"
-guard = {{ functions = [\"read-holding-registers\"], unit_ids = [1], addresses = [{{ function = \"read-holding-registers\", from = 0, to = 99 }}] }}
-
-[[flows]]
-name = \"plc-plain\"
-from = \"monitor-icu-3\"
-to = \"plc\"
-listen = \"198.51.100.49:503\"
-"
-        )
-    });
-    ip(&h.srv, "addr add 203.0.113.7/24 dev eth0");
+    h.with_plc(&[("plc-guarded", 502, true), ("plc-plain", 503, false)]);
     plc(h.srv.name(), "203.0.113.7:502".parse().expect("addr"));
     let _hub = h.start_hub();
     let _edge = h.start_edge("");

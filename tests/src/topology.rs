@@ -220,6 +220,24 @@ impl Hospital {
         std::fs::write(&self.policy, edit(text)).expect("write policy");
     }
 
+    /// Put a Modbus PLC behind the hub (service `plc` at 203.0.113.7:502 in
+    /// `srv`, the address added there) and give the patient monitor flows
+    /// to it: (name, listen port on 198.51.100.49, guarded with
+    /// [`PLC_GUARD`] or not). Nothing listens yet.
+    pub fn with_plc(&self, flows: &[(&str, u16, bool)]) {
+        let mut add = "\n[services.plc]\naddress = \"203.0.113.7:502\"\nvia = \"hub-dc-01\"\nprotocol = \"modbus\"\n".to_owned();
+        for (name, port, guarded) in flows {
+            add.push_str(&format!(
+                "\n[[flows]]\nname = \"{name}\"\nfrom = \"monitor-icu-3\"\nto = \"plc\"\nlisten = \"198.51.100.49:{port}\"\n"
+            ));
+            if *guarded {
+                add.push_str(&format!("guard = {PLC_GUARD}\n"));
+            }
+        }
+        self.edit_policy(|p| p + &add);
+        ip(&self.srv, "addr add 203.0.113.7/24 dev eth0");
+    }
+
     /// Issue a client certificate.
     pub fn client(&mut self, name: &str) -> Issued {
         self.ca.issue(Kind::Client, name)
@@ -235,6 +253,10 @@ impl Hospital {
             .map_or(0, |c| c.packets)
     }
 }
+
+/// The Modbus guard of [`Hospital::with_plc`]'s guarded flows: reading
+/// holding registers 0-99 of unit 1, nothing else.
+pub const PLC_GUARD: &str = "{ functions = [\"read-holding-registers\"], unit_ids = [1], addresses = [{ function = \"read-holding-registers\", from = 0, to = 99 }] }";
 
 /// The example policy with the edge inserted routed: it holds the device
 /// segments' router addresses (as it does in this topology), and the

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use ward_tests::topology::{Bg, Hospital, MLLP_SERVER, cmd_in, ip, wait_listen};
+use ward_tests::topology::{Bg, Hospital, MLLP_SERVER, cmd_in, wait_listen};
 
 fn message(kind: &str, control: &str) -> String {
     [
@@ -197,24 +197,7 @@ fn modbus_guard_answers_exceptions() {
     let Ok(h) = Hospital::build("gm") else {
         return;
     };
-    h.edit_policy(|p| {
-        format!(
-            "{p}
-[services.plc]
-address = \"203.0.113.7:502\"
-via = \"hub-dc-01\"
-protocol = \"modbus\"
-
-[[flows]]
-name = \"monitor-to-plc\"
-from = \"monitor-icu-3\"
-to = \"plc\"
-listen = \"198.51.100.49:502\"
-guard = {{ functions = [\"read-holding-registers\"], unit_ids = [1], addresses = [{{ function = \"read-holding-registers\", from = 0, to = 99 }}] }}
-"
-        )
-    });
-    ip(&h.srv, "addr add 203.0.113.7/24 dev eth0");
+    h.with_plc(&[("monitor-to-plc", 502, true)]);
     let script = h.dir.join("plc.py");
     std::fs::write(&script, MODBUS_SERVER).expect("script");
     let _plc = Bg(cmd_in(&h.srv, "python3")

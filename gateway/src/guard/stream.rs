@@ -348,6 +348,14 @@ mod tests {
     const ADT: &[u8] =
         b"\x0bMSH|^~\\&|LVP200|ICU|ENGINE|HOSP|20261205||ADT^A08|C2|P|2.5\rPID|1||X\r\x1c\r";
 
+    /// A report that records what it hears.
+    fn recorder() -> (Arc<Mutex<Vec<String>>>, Report) {
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let r = reports.clone();
+        let report: Report = Arc::new(move |s: &str| r.lock().expect("lock").push(s.to_owned()));
+        (reports, report)
+    }
+
     fn guard() -> Guard {
         Guard::Hl7(Hl7Guard {
             message_types: vec!["ORU^R01".into()],
@@ -359,15 +367,11 @@ mod tests {
     /// its AR reaches the device side; each refusal is reported.
     #[tokio::test]
     async fn refused_messages_stay_and_are_answered() {
-        let reports = Arc::new(Mutex::new(Vec::<String>::new()));
-        let r = reports.clone();
+        let (reports, report) = recorder();
         let (mut up, mut down) = wrap(
             Chunks(vec![&ORU[..10], &ORU[10..], ADT]),
             Chunks(vec![]),
-            Some((
-                guard(),
-                Arc::new(move |s: &str| r.lock().expect("lock").push(s.to_owned())),
-            )),
+            Some((guard(), report)),
             false,
         );
         let mut sent = Vec::new();
@@ -387,15 +391,11 @@ mod tests {
     /// Monitor mode passes the message and reports it.
     #[tokio::test]
     async fn monitor_mode_passes() {
-        let reports = Arc::new(Mutex::new(Vec::<String>::new()));
-        let r = reports.clone();
+        let (reports, report) = recorder();
         let (mut up, _down) = wrap(
             Chunks(vec![ADT]),
             Chunks(vec![]),
-            Some((
-                guard(),
-                Arc::new(move |s: &str| r.lock().expect("lock").push(s.to_owned())),
-            )),
+            Some((guard(), report)),
             true,
         );
         let mut sent = Vec::new();
@@ -470,15 +470,11 @@ mod tests {
     /// Garbage ends the stream with an error, reported.
     #[tokio::test]
     async fn not_mllp_is_refused() {
-        let reports = Arc::new(Mutex::new(Vec::<String>::new()));
-        let r = reports.clone();
+        let (reports, report) = recorder();
         let (mut up, _down) = wrap(
             Chunks(vec![b"GET / HTTP/1.0\r\n"]),
             Chunks(vec![]),
-            Some((
-                guard(),
-                Arc::new(move |s: &str| r.lock().expect("lock").push(s.to_owned())),
-            )),
+            Some((guard(), report)),
             false,
         );
         let mut sent = Vec::new();
