@@ -337,6 +337,25 @@ fn render_plan(plan: &Plan) -> String {
                 }
             };
             let text = match g {
+                ward_policy::model::Guard::Dicom(g) => format!(
+                    "DICOM calling AE {}; called AE {}; SOP classes {}; commands {}",
+                    list(&g.calling_ae_titles),
+                    list(&g.called_ae_titles),
+                    list(
+                        &g.sop_classes
+                            .iter()
+                            .map(|u| ward_policy::model::sop_class_name(u)
+                                .unwrap_or(u)
+                                .to_owned())
+                            .collect::<Vec<_>>()
+                    ),
+                    list(
+                        &g.commands
+                            .iter()
+                            .map(|c| ward_policy::model::dimse_command_name(*c))
+                            .collect::<Vec<_>>()
+                    )
+                ),
                 ward_policy::model::Guard::Hl7(g) => format!(
                     "HL7 message types {}; sending applications {}; facilities {}",
                     list(&g.message_types),

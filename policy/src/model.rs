@@ -579,6 +579,8 @@ pub struct Flow {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "protocol", rename_all = "lowercase")]
 pub enum Guard {
+    /// DICOM upper layer (PS3.8) and DIMSE (PS3.7).
+    Dicom(DicomGuard),
     /// HL7 v2 over MLLP.
     Hl7(Hl7Guard),
     /// Modbus/TCP.
@@ -589,11 +591,193 @@ impl Guard {
     /// The protocol the guard reads.
     pub fn protocol(&self) -> Protocol {
         match self {
+            Guard::Dicom(_) => Protocol::Dicom,
             Guard::Hl7(_) => Protocol::Hl7,
             Guard::Modbus(_) => Protocol::Modbus,
         }
     }
 }
+
+/// DIMSE request commands by the names a guard uses, with their Command
+/// Field values (PS3.7 E.1).
+pub const DIMSE_COMMANDS: &[(&str, u16)] = &[
+    ("C-STORE", 0x0001),
+    ("C-GET", 0x0010),
+    ("C-FIND", 0x0020),
+    ("C-MOVE", 0x0021),
+    ("C-ECHO", 0x0030),
+    ("N-EVENT-REPORT", 0x0100),
+    ("N-GET", 0x0110),
+    ("N-SET", 0x0120),
+    ("N-ACTION", 0x0130),
+    ("N-CREATE", 0x0140),
+    ("N-DELETE", 0x0150),
+];
+
+/// C-CANCEL-RQ: stops an operation already allowed, so always passes.
+pub const DIMSE_CANCEL: u16 = 0x0fff;
+
+/// The name of a DIMSE command field: requests by name, responses as
+/// `C-STORE-RSP`, others in hex.
+pub fn dimse_command_name(field: u16) -> String {
+    let request = field & 0x7fff;
+    match DIMSE_COMMANDS.iter().find(|(_, c)| *c == request) {
+        Some((n, _)) if field & 0x8000 != 0 => format!("{n}-RSP"),
+        Some((n, _)) => (*n).to_owned(),
+        None if field == DIMSE_CANCEL => "C-CANCEL".to_owned(),
+        None => format!("0x{field:04x}"),
+    }
+}
+
+/// A DICOM flow's guard: the associations and requests the device (the
+/// association requestor) may make. Each list, when not empty, must
+/// contain the value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DicomGuard {
+    /// Calling AE titles (the device's own).
+    pub calling_ae_titles: Vec<String>,
+    /// Called AE titles (the server's).
+    pub called_ae_titles: Vec<String>,
+    /// Abstract syntaxes (SOP class UIDs) a presentation context may name.
+    pub sop_classes: Vec<String>,
+    /// DIMSE request Command Field values. Responses (the device answering
+    /// the server's requests) and C-CANCEL always pass.
+    pub commands: Vec<u16>,
+}
+
+/// Why an association is refused at its start: the A-ASSOCIATE-RJ reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AeRefusal {
+    /// Calling AE title not recognized (PS3.8 9.3.4, reason 3).
+    Calling,
+    /// Called AE title not recognized (reason 7).
+    Called,
+}
+
+impl DicomGuard {
+    /// Why an A-ASSOCIATE-RQ with these AE titles is refused, if it is.
+    pub fn refuses_association(&self, calling: &str, called: &str) -> Option<(AeRefusal, String)> {
+        let allowed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+        if !allowed(&self.calling_ae_titles, calling) {
+            return Some((
+                AeRefusal::Calling,
+                format!("DICOM calling AE title {calling:?} not allowed"),
+            ));
+        }
+        if !allowed(&self.called_ae_titles, called) {
+            return Some((
+                AeRefusal::Called,
+                format!("DICOM called AE title {called:?} not allowed"),
+            ));
+        }
+        None
+    }
+
+    /// Why a presentation context for this abstract syntax is refused.
+    pub fn refuses_sop_class(&self, uid: &str) -> Option<String> {
+        if self.sop_classes.is_empty() || self.sop_classes.iter().any(|x| x == uid) {
+            return None;
+        }
+        Some(match sop_class_name(uid) {
+            Some(name) => format!("DICOM SOP class {uid} ({name}) not allowed"),
+            None => format!("DICOM SOP class {uid} not allowed"),
+        })
+    }
+
+    /// Why a DIMSE message with this Command Field is refused, if it is.
+    pub fn refuses_command(&self, field: u16) -> Option<String> {
+        if self.commands.is_empty()
+            || field & 0x8000 != 0
+            || field == DIMSE_CANCEL
+            || self.commands.contains(&field)
+        {
+            return None;
+        }
+        Some(format!(
+            "DICOM command {} not allowed",
+            dimse_command_name(field)
+        ))
+    }
+}
+
+/// A standard SOP class's UID from its name ("CT Image Storage"), keyword
+/// ("CTImageStorage") or UID, from the dicom-rs standard dictionary.
+pub fn sop_class_uid(s: &str) -> Option<&'static str> {
+    use dicom_core::dictionary::UidDictionary;
+    use dicom_dictionary_std::StandardSopClassDictionary as D;
+    if let Some(e) = D.by_uid(s) {
+        return Some(e.uid);
+    }
+    if let Some(e) = D.by_keyword(s) {
+        return Some(e.uid);
+    }
+    // A name gives its keyword: words capitalized and joined, without
+    // " SOP Class" and " (Retired)" (FIND, MOVE and GET are written Find,
+    // Move, Get in keywords). The entry found must carry that name.
+    let base = s.trim_end_matches(" (Retired)").replace(" SOP Class", "");
+    let keyword: String = base
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| match w {
+            "FIND" | "MOVE" | "GET" => format!("{}{}", &w[..1], w[1..].to_ascii_lowercase()),
+            _ => format!("{}{}", w[..1].to_ascii_uppercase(), &w[1..]),
+        })
+        .collect();
+    let plain = |n: &str| -> String {
+        n.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    D.by_keyword(&keyword)
+        .filter(|e| plain(e.name) == plain(s))
+        .map(|e| e.uid)
+}
+
+/// A standard SOP class's name from its UID.
+pub fn sop_class_name(uid: &str) -> Option<&'static str> {
+    use dicom_core::dictionary::UidDictionary;
+    use dicom_dictionary_std::StandardSopClassDictionary as D;
+    D.by_uid(uid).map(|e| e.name)
+}
+
+/// Names offered as suggestions for a SOP class the dictionary does not
+/// know (the dictionary resolves every standard name, but cannot list them).
+pub const COMMON_SOP_CLASSES: &[&str] = &[
+    "Verification SOP Class",
+    "CT Image Storage",
+    "Enhanced CT Image Storage",
+    "MR Image Storage",
+    "Enhanced MR Image Storage",
+    "Ultrasound Image Storage",
+    "Ultrasound Multi-frame Image Storage",
+    "Computed Radiography Image Storage",
+    "Digital X-Ray Image Storage - For Presentation",
+    "Digital Mammography X-Ray Image Storage - For Presentation",
+    "Nuclear Medicine Image Storage",
+    "Positron Emission Tomography Image Storage",
+    "Secondary Capture Image Storage",
+    "X-Ray Angiographic Image Storage",
+    "RT Image Storage",
+    "RT Dose Storage",
+    "RT Structure Set Storage",
+    "RT Plan Storage",
+    "Basic Text SR Storage",
+    "Enhanced SR Storage",
+    "Comprehensive SR Storage",
+    "Encapsulated PDF Storage",
+    "12-lead ECG Waveform Storage",
+    "Grayscale Softcopy Presentation State Storage",
+    "Storage Commitment Push Model SOP Class",
+    "Modality Performed Procedure Step SOP Class",
+    "Modality Worklist Information Model - FIND",
+    "Patient Root Query/Retrieve Information Model - FIND",
+    "Patient Root Query/Retrieve Information Model - MOVE",
+    "Patient Root Query/Retrieve Information Model - GET",
+    "Study Root Query/Retrieve Information Model - FIND",
+    "Study Root Query/Retrieve Information Model - MOVE",
+    "Study Root Query/Retrieve Information Model - GET",
+];
 
 /// Modbus function codes by the names a guard uses.
 pub const MODBUS_FUNCTIONS: &[(&str, u8)] = &[

@@ -363,12 +363,21 @@ fn parse_guard(mut g: Obj, d: &mut Diagnostics) -> Option<Item<Guard>> {
         "sending_facilities",
     ];
     const MODBUS: [&str; 3] = ["functions", "unit_ids", "addresses"];
+    const DICOM: [&str; 4] = [
+        "calling_ae_titles",
+        "called_ae_titles",
+        "sop_classes",
+        "commands",
+    ];
     let span = g.span.clone();
     let has = |keys: &[&str]| keys.iter().any(|k| g.table.get(*k).is_some());
-    let (hl7, modbus) = (has(&HL7), has(&MODBUS));
-    if hl7 && modbus {
-        d.error(&span, g.path.clone(), "a guard is for one protocol: HL7 keys (message_types, sending_applications, sending_facilities) or Modbus keys (functions, unit_ids, addresses)");
+    let (hl7, modbus, dicom) = (has(&HL7), has(&MODBUS), has(&DICOM));
+    if usize::from(hl7) + usize::from(modbus) + usize::from(dicom) > 1 {
+        d.error(&span, g.path.clone(), "a guard is for one protocol: DICOM keys (calling_ae_titles, called_ae_titles, sop_classes, commands), HL7 keys (message_types, sending_applications, sending_facilities) or Modbus keys (functions, unit_ids, addresses)");
         return None;
+    }
+    if dicom {
+        return parse_dicom_guard(g, d);
     }
     if modbus {
         let names: Vec<&str> = MODBUS_FUNCTIONS.iter().map(|(n, _)| *n).collect();
@@ -495,9 +504,9 @@ fn parse_guard(mut g: Obj, d: &mut Diagnostics) -> Option<Item<Guard>> {
         ));
     }
     if !hl7 {
-        // Unknown keys only (a DICOM guard): `finish` names them.
+        // Unknown keys only: `finish` names them.
         if g.table.is_empty() {
-            d.error(&span, g.path.clone(), "an empty guard: name what the device may send (HL7: message_types, sending_applications, sending_facilities; Modbus: functions, unit_ids, addresses)");
+            d.error(&span, g.path.clone(), "an empty guard: name what the device may send (DICOM: calling_ae_titles, called_ae_titles, sop_classes, commands; HL7: message_types, sending_applications, sending_facilities; Modbus: functions, unit_ids, addresses)");
         }
         g.finish(d);
         return None;
@@ -525,6 +534,92 @@ fn parse_guard(mut g: Obj, d: &mut Diagnostics) -> Option<Item<Guard>> {
         }),
         span,
     ))
+}
+
+fn parse_dicom_guard(mut g: Obj, d: &mut Diagnostics) -> Option<Item<Guard>> {
+    let span = g.span.clone();
+    let ae_titles = |g: &mut Obj, d: &mut Diagnostics, k: &'static str| -> Vec<String> {
+        let key = g.key(k);
+        g.string_list(d, k)
+            .into_iter()
+            .filter_map(|t| {
+                let v = t.value.trim();
+                let ok = !v.is_empty()
+                    && v.len() <= 16
+                    && v.chars().all(|c| c.is_ascii_graphic() && c != '\\' || c == ' ');
+                if ok {
+                    Some(v.to_owned())
+                } else {
+                    d.error(
+                        &t.span,
+                        key.clone(),
+                        format!("\"{}\" is not an AE title: 1 to 16 printable ASCII characters, no backslash", t.value),
+                    );
+                    None
+                }
+            })
+            .collect()
+    };
+    let calling_ae_titles = ae_titles(&mut g, d, "calling_ae_titles");
+    let called_ae_titles = ae_titles(&mut g, d, "called_ae_titles");
+    let key = g.key("sop_classes");
+    let sop_classes: Vec<String> = g
+        .string_list(d, "sop_classes")
+        .into_iter()
+        .filter_map(|c| match sop_class_uid(&c.value) {
+            Some(uid) => Some(uid.to_owned()),
+            // A UID the dictionary does not know (private SOP classes).
+            None if is_uid(&c.value) => Some(c.value.clone()),
+            None => {
+                d.error_help(
+                    &c.span,
+                    key.clone(),
+                    format!("\"{}\" is not a DICOM SOP class", c.value),
+                    did_you_mean(&c.value, COMMON_SOP_CLASSES.iter().copied()).or_else(|| {
+                        Some("write its standard name (\"CT Image Storage\"), keyword (\"CTImageStorage\") or UID (\"1.2.840.10008.5.1.4.1.1.2\")".into())
+                    }),
+                );
+                None
+            }
+        })
+        .collect();
+    let key = g.key("commands");
+    let names: Vec<&str> = DIMSE_COMMANDS.iter().map(|(n, _)| *n).collect();
+    let commands: Vec<u16> = g
+        .string_list(d, "commands")
+        .into_iter()
+        .filter_map(|c| {
+            let found = DIMSE_COMMANDS
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&c.value));
+            if found.is_none() {
+                d.error_help(
+                    &c.span,
+                    key.clone(),
+                    format!("\"{}\" is not a DIMSE request command", c.value),
+                    did_you_mean(&c.value.to_ascii_uppercase(), names.iter().copied()),
+                );
+            }
+            found.map(|(_, f)| *f)
+        })
+        .collect();
+    g.finish(d);
+    Some(Item::new(
+        Guard::Dicom(DicomGuard {
+            calling_ae_titles,
+            called_ae_titles,
+            sop_classes,
+            commands,
+        }),
+        span,
+    ))
+}
+
+/// A DICOM UID: dot-separated numbers, at most 64 characters.
+fn is_uid(s: &str) -> bool {
+    s.len() <= 64
+        && s.split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 fn check_id(d: &mut Diagnostics, id: &Item<String>, key: &str) {

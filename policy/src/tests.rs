@@ -7,6 +7,8 @@ use crate::model::{Date, Mode, Window};
 use crate::*;
 
 const EXAMPLE: &str = include_str!("../examples/hospital.toml");
+/// The example's DICOM guard line (on ct2-to-pacs).
+const EXAMPLE_CT_GUARD: &str = "guard = { calling_ae_titles = [\"CT-SCANNER-2\"], called_ae_titles = [\"PACS\"], sop_classes = [\"CT Image Storage\", \"Verification SOP Class\"], commands = [\"C-STORE\", \"C-ECHO\"] }\n";
 
 fn errors(text: &str) -> Vec<Diagnostic> {
     match load("p.toml", text, &ValidateOptions::default()) {
@@ -892,7 +894,7 @@ fn judge_observed_flows() {
 }
 
 /// HL7 guards: compiled onto the device's flow; a message type that is not
-/// one, a guard on a DICOM flow, a DICOM guard key (not enforced yet) and a
+/// one, an HL7 guard on a DICOM flow, a DICOM guard on an HL7 flow and a
 /// guard on an inbound flow are errors at their place.
 #[test]
 fn hl7_guards() {
@@ -917,7 +919,10 @@ fn hl7_guards() {
     );
     assert!(g.refuses("ORU^R01", "OTHER", "ICU").is_some());
     assert!(edge.outbound["pump2-to-hl7"].guard.is_some());
-    assert!(edge.outbound["ct2-to-pacs"].guard.is_none());
+    assert!(matches!(
+        edge.outbound["ct2-to-pacs"].guard,
+        Some(crate::model::Guard::Dicom(_))
+    ));
 
     let bad = pump_guard("{ message_types = [\"oru-r01\"] }");
     let e = one_error(&bad, "flows[1].guard.message_types");
@@ -926,19 +931,119 @@ fn hl7_guards() {
         e.help.as_deref().is_some_and(|h| h.contains("ORU^R01")),
         "{e:?}"
     );
-    let on_dicom = guarded(
-        "listen = \"198.51.100.1:104\"     # the CT's configured PACS address",
-        "{ message_types = [\"ORU^R01\"] }",
+    let on_dicom = EXAMPLE.replacen(
+        EXAMPLE_CT_GUARD,
+        "guard = { message_types = [\"ORU^R01\"] }\n",
+        1,
     );
     let e = one_error(&on_dicom, "flows[0].guard");
     assert!(e.message.contains("speaks dicom"), "{e:?}");
-    let dicom_keys = pump_guard("{ calling_ae_titles = [\"CT2\"] }");
-    one_error(&dicom_keys, "flows[1].guard.calling_ae_titles");
+    let dicom_on_hl7 = pump_guard("{ calling_ae_titles = [\"CT2\"] }");
+    let e = one_error(&dicom_on_hl7, "flows[1].guard");
+    assert!(e.message.contains("a dicom guard"), "{e:?}");
     let inbound = guarded(
         "listen = \"192.0.2.10:24105\"",
         "{ message_types = [\"ORU^R01\"] }",
     );
     one_error(&inbound, "flows[3].guard");
+}
+
+/// DICOM guards: AE titles, SOP classes by name, keyword or UID, DIMSE
+/// commands; an unknown SOP class (with a suggestion), an unknown command
+/// and an AE title too long are errors at their place.
+#[test]
+fn dicom_guards() {
+    use crate::model::{AeRefusal, Guard, sop_class_name, sop_class_uid};
+    assert_eq!(
+        sop_class_uid("CT Image Storage"),
+        Some("1.2.840.10008.5.1.4.1.1.2")
+    );
+    assert_eq!(
+        sop_class_uid("CTImageStorage"),
+        Some("1.2.840.10008.5.1.4.1.1.2")
+    );
+    assert_eq!(
+        sop_class_uid("Verification SOP Class"),
+        Some("1.2.840.10008.1.1")
+    );
+    assert_eq!(
+        sop_class_uid("Study Root Query/Retrieve Information Model - FIND"),
+        Some("1.2.840.10008.5.1.4.1.2.2.1")
+    );
+    assert_eq!(sop_class_uid("CT Image Store"), None);
+    assert_eq!(
+        sop_class_name("1.2.840.10008.5.1.4.1.1.4"),
+        Some("MR Image Storage")
+    );
+    let flow = "listen = \"198.51.100.1:104\"     # the CT's configured PACS address";
+    assert!(EXAMPLE.contains(flow));
+    let with = |guard: &str| {
+        let guarded = EXAMPLE.replacen(flow, &format!("{flow}\nguard = {guard}"), 1);
+        // The example's own DICOM guard gives way to the one under test.
+        guarded.replacen(EXAMPLE_CT_GUARD, "", 1)
+    };
+    let text = with(
+        "{ calling_ae_titles = [\"CT2\"], sop_classes = [\"CT Image Storage\", \"1.2.840.10008.1.1\", \"1.2.3.4.5\"], commands = [\"C-STORE\", \"c-echo\"] }",
+    );
+    let (p, _) = load("p.toml", &text, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    let Some(Guard::Dicom(g)) = edge.outbound["ct2-to-pacs"].guard.clone() else {
+        panic!("guard not compiled");
+    };
+    assert_eq!(
+        g.sop_classes,
+        [
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.840.10008.1.1",
+            "1.2.3.4.5"
+        ]
+    );
+    assert_eq!(g.commands, [0x0001, 0x0030]);
+    assert_eq!(g.refuses_association("CT2", "ANY"), None);
+    assert_eq!(
+        g.refuses_association("CT9", "PACS").map(|r| r.0),
+        Some(AeRefusal::Calling)
+    );
+    assert!(g.refuses_sop_class("1.2.840.10008.5.1.4.1.1.2").is_none());
+    let find = g
+        .refuses_sop_class("1.2.840.10008.5.1.4.1.2.2.1")
+        .expect("refused");
+    assert!(
+        find.contains("Study Root Query/Retrieve Information Model - FIND"),
+        "{find}"
+    );
+    assert_eq!(
+        g.refuses_command(0x0020).as_deref(),
+        Some("DICOM command C-FIND not allowed")
+    );
+    assert_eq!(g.refuses_command(0x8020), None, "responses pass");
+    assert_eq!(g.refuses_command(0x0001), None);
+
+    let typo = with("{ sop_classes = [\"CT Image Storag\"] }");
+    let e = one_error(&typo, "flows[0].guard.sop_classes");
+    assert_eq!(e.line, line_of(&typo, "CT Image Storag\""));
+    assert!(
+        e.help
+            .as_deref()
+            .is_some_and(|h| h.contains("\"CT Image Storage\"")),
+        "{e:?}"
+    );
+    let e = one_error(
+        &with("{ commands = [\"C-STOR\"] }"),
+        "flows[0].guard.commands",
+    );
+    assert!(
+        e.help.as_deref().is_some_and(|h| h.contains("C-STORE")),
+        "{e:?}"
+    );
+    one_error(
+        &with("{ called_ae_titles = [\"A-VERY-LONG-AE-TITLE\"] }"),
+        "flows[0].guard.called_ae_titles",
+    );
+    one_error(
+        &with("{ commands = [\"C-STORE\"], functions = [3] }"),
+        "flows[0].guard",
+    );
 }
 
 /// Modbus guards: names or codes, unit ids, ranges per function; refusals

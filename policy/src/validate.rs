@@ -335,7 +335,7 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                                 service.value,
                                 svc.protocol
                             ),
-                            Some("guards exist for HL7 (message_types, sending_applications, sending_facilities) and Modbus (functions, unit_ids, addresses) so far; DICOM guards are not enforced yet".into()),
+                            Some("a DICOM guard names calling_ae_titles, called_ae_titles, sop_classes, commands; an HL7 guard message_types, sending_applications, sending_facilities; a Modbus guard functions, unit_ids, addresses".into()),
                         );
                     }
                 }

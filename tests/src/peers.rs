@@ -122,6 +122,24 @@ pub fn make_dicom(dir: &TempDir, side: u32) -> PathBuf {
         "img2dcm: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A CT image, as a CT stores it (img2dcm writes secondary capture);
+    // dcmodify updates the file meta header's SOP class to match.
+    let out = Command::new(dcmtk("dcmodify"))
+        .args([
+            "-nb",
+            "-i",
+            "(0008,0016)=1.2.840.10008.5.1.4.1.1.2",
+            "-i",
+            "(0008,0060)=CT",
+        ])
+        .arg(&dcm)
+        .output()
+        .expect("run dcmodify (install dcmtk)");
+    assert!(
+        out.status.success(),
+        "dcmodify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dcm
 }
 

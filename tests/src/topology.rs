@@ -563,7 +563,8 @@ pub fn assert_kill_fails_closed(
 pub fn echoscu_held_in(ns: &Netns, host: &str, port: u16, log: &Path) -> Bg {
     let file = std::fs::File::create(log).expect("echoscu log");
     Bg(cmd_in(ns, crate::peers::dcmtk("echoscu"))
-        .args(["-v", "-aec", "PACS", "--repeat", "100000000", "-td", "2"])
+        .args(["-v", "-aec", "PACS", "-aet", "CT-SCANNER-2"])
+        .args(["--repeat", "100000000", "-td", "2"])
         .arg(host)
         .arg(port.to_string())
         .stdout(file.try_clone().expect("clone log"))

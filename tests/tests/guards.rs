@@ -13,11 +13,27 @@
 //! reads, a write gets exception 01 (illegal function) and leaves the
 //! register unchanged, a read past the range gets exception 02.
 //!
+//! DICOM: the CT's flow to the PACS (a dcmtk `dcmqrscp`, which stores and
+//! answers queries and retrievals) allows calling AE `CT-SCANNER-2`, called
+//! AE `PACS`, CT Image Storage and Verification, C-STORE and C-ECHO (the
+//! example hospital's guard). Over a QUIC and then a TCP tunnel: `storescu`
+//! stores a CT image; `findscu` and `movescu` get no presentation context
+//! and the PACS sees no association from them; a wrong calling AE title gets
+//! an A-ASSOCIATE-RJ that `storescu` reports; a secondary capture image's
+//! context is rejected while the CT image on the same association is
+//! stored. A second flow allows any SOP class but only C-STORE and C-ECHO:
+//! `findscu`'s association reaches the PACS and its C-FIND does not (Ward
+//! aborts the association). The same `findscu` straight to the PACS shows
+//! that the PACS would log one.
+//!
 //! Needs root; skips elsewhere, fails under CI=true.
 
+use std::process::Output;
 use std::time::Duration;
 
-use ward_tests::topology::{Bg, Hospital, MLLP_SERVER, cmd_in, wait_listen};
+use ward_tests::harness::TempDir;
+use ward_tests::peers::{dcmtk, make_dicom};
+use ward_tests::topology::{Bg, Hospital, MLLP_SERVER, cmd_in, storescu_in, wait_listen};
 
 fn message(kind: &str, control: &str) -> String {
     [
@@ -70,7 +86,11 @@ fn hl7_guard_refuses_the_protocol_way() {
         )
     });
     let policy = std::fs::read_to_string(&h.policy).expect("policy");
-    assert_eq!(policy.matches("guard = ").count(), 2, "{policy}");
+    assert_eq!(
+        policy.matches("guard = { message_types").count(),
+        2,
+        "{policy}"
+    );
     let log = h.dir.join("engine.log");
     let script = h.dir.join("engine.py");
     std::fs::write(&script, MLLP_SERVER).expect("script");
@@ -242,4 +262,258 @@ fn modbus_guard_answers_exceptions() {
             "monitor-to-plc Modbus read-holding-registers of addresses 150-153 not allowed"
         ]
     );
+}
+
+/// A dcmtk `dcmqrscp` PACS (AE `PACS`) in `srv` on `port`, logging each
+/// association and DIMSE message to `log`. It forks a child per
+/// association, which ends with it (dcmtk 3.6.7's single-process mode
+/// crashes after the first association).
+fn pacs(h: &Hospital, port: u16, log: &std::path::Path) -> Bg {
+    let db = h.dir.join(&format!("pacs-{port}"));
+    std::fs::create_dir_all(&db).expect("pacs dir");
+    let cfg = h.dir.join(&format!("pacs-{port}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n\
+             HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n\
+             AETable BEGIN\nPACS {} RW (200, 1024mb) ANY\nAETable END\n",
+            db.display()
+        ),
+    )
+    .expect("pacs config");
+    let file = std::fs::File::create(log).expect("pacs log");
+    let child = cmd_in(&h.srv, dcmtk("dcmqrscp"))
+        .args(["-v", "--disable-host-lookup", "-c"])
+        .arg(&cfg)
+        .stdout(file.try_clone().expect("clone"))
+        .stderr(file)
+        .spawn()
+        .expect("dcmqrscp");
+    wait_listen(&h.srv, port);
+    Bg(child)
+}
+
+/// A dcmtk query tool (`findscu` or `movescu`) from the CT to `host:port`,
+/// study root, with a patient name among the keys (which must appear
+/// nowhere in Ward's records).
+fn query(h: &Hospital, tool: &str, host: &str, port: u16) -> Output {
+    let mut c = cmd_in(&h.ct, dcmtk(tool));
+    c.args([
+        "-v",
+        "-S",
+        "-aec",
+        "PACS",
+        "-aet",
+        "CT-SCANNER-2",
+        "-to",
+        "5",
+    ]);
+    c.args(["-ta", "10", "-td", "10"]);
+    if tool == "movescu" {
+        c.args(["-aem", "CT-SCANNER-2", "-k", "StudyInstanceUID=1.2.3"]);
+    } else {
+        c.args(["-k", "StudyInstanceUID"]);
+    }
+    c.args([
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "PatientName=DOE^JANE",
+    ])
+    .arg(host)
+    .arg(port.to_string())
+    .output()
+    .expect("dcmtk query tool")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn count(log: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+#[test]
+fn dicom_guard_refuses_the_protocol_way() {
+    let Ok(h) = Hospital::build("gdc") else {
+        return;
+    };
+    let data = TempDir::new("gdc-data");
+    let ct = make_dicom(&data, 64);
+    // A secondary capture image (a new instance), which the guard refuses.
+    let sc = data.join("sc.dcm");
+    std::fs::copy(&ct, &sc).expect("copy");
+    let out = std::process::Command::new(dcmtk("dcmodify"))
+        .args(["-nb", "-gin", "-i", "(0008,0016)=1.2.840.10008.5.1.4.1.1.7"])
+        .arg(&sc)
+        .output()
+        .expect("dcmodify");
+    assert!(out.status.success(), "{}", text(&out));
+
+    let log = h.dir.join("pacs.log");
+    let query_log = h.dir.join("pacs-query.log");
+    let _pacs = pacs(&h, 104, &log);
+    let _pacs_query = pacs(&h, 11112, &query_log);
+    // The direct query (inside the server segment) shows what the PACS
+    // logs when a C-FIND arrives.
+    let direct = cmd_in(&h.srv, dcmtk("findscu"))
+        .args(["-S", "-aec", "PACS", "-k", "QueryRetrieveLevel=STUDY"])
+        .args(["-k", "StudyInstanceUID", "203.0.113.5", "11112"])
+        .output()
+        .expect("findscu");
+    assert!(direct.status.success(), "{}", text(&direct));
+    assert_eq!(count(&query_log, "C-FIND RQ"), 1, "the PACS logs a C-FIND");
+
+    for transport in ["quic", "tcp"] {
+        h.edit_policy(|p| {
+            let p = p.replace(
+                "transport = \"quic\"\nidle_timeout = \"10m\"",
+                &format!("transport = \"{transport}\"\nidle_timeout = \"10m\""),
+            );
+            format!(
+                "{p}\n[services.pacs-query]\naddress = \"203.0.113.5:11112\"\nvia = \"hub-dc-01\"\nprotocol = \"dicom\"\n\n\
+                 [[flows]]\nname = \"ct2-to-pacs-query\"\nfrom = \"ct-scanner-2\"\nto = \"pacs-query\"\n\
+                 listen = \"198.51.100.1:11112\"\ntransport = \"{transport}\"\n\
+                 guard = {{ commands = [\"C-STORE\", \"C-ECHO\"] }}\n"
+            )
+        });
+        let _hub = h.start_hub();
+        let edge = h.start_edge("");
+        let (assoc0, store0) = (
+            count(&log, "CT-SCANNER-2 -> PACS)"),
+            count(&log, "C-STORE RQ"),
+        );
+
+        let stored = storescu_in(&h.ct, "198.51.100.1", 104, &ct, &[]);
+        assert!(
+            stored.status.success(),
+            "{transport}: storescu: {}\n{}",
+            text(&stored),
+            edge.log()
+        );
+        assert_eq!(count(&log, "C-STORE RQ"), store0 + 1, "{transport}");
+
+        for tool in ["findscu", "movescu"] {
+            let q = query(&h, tool, "198.51.100.1", 104);
+            assert!(!q.status.success(), "{transport}: {tool} got through");
+            assert!(
+                text(&q).contains("No Acceptable Presentation Contexts"),
+                "{transport}: {tool}: {}",
+                text(&q)
+            );
+        }
+        // Ward answered them itself: the PACS saw a connection open and
+        // close, never an A-ASSOCIATE-RQ.
+        assert_eq!(
+            count(&log, "CT-SCANNER-2 -> PACS)"),
+            assoc0 + 1,
+            "{transport}: the PACS saw more than the store: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+
+        let intruder = cmd_in(&h.ct, dcmtk("storescu"))
+            .args(["-aec", "PACS", "-aet", "INTRUDER", "-to", "5", "-ta", "10"])
+            .arg("198.51.100.1")
+            .arg("104")
+            .arg(&ct)
+            .output()
+            .expect("storescu");
+        assert!(!intruder.status.success());
+        let said = text(&intruder);
+        assert!(
+            said.contains("Association Rejected")
+                && said.contains("Calling AE Title Not Recognized"),
+            "{transport}: {said}"
+        );
+        assert_eq!(count(&log, "CT-SCANNER-2 -> PACS)"), assoc0 + 1);
+
+        // Both images on one association, proposing their own classes only.
+        let both = cmd_in(&h.ct, dcmtk("storescu"))
+            .args([
+                "-v",
+                "-R",
+                "-aec",
+                "PACS",
+                "-aet",
+                "CT-SCANNER-2",
+                "-to",
+                "5",
+            ])
+            .args(["198.51.100.1", "104"])
+            .arg(&ct)
+            .arg(&sc)
+            .output()
+            .expect("storescu");
+        let said = text(&both);
+        assert!(
+            said.contains("No presentation context for: (SC)"),
+            "{transport}: {said}"
+        );
+        assert_eq!(
+            count(&log, "C-STORE RQ"),
+            store0 + 2,
+            "{transport}: the CT image on the same association: {said}"
+        );
+        assert_eq!(count(&log, "SecondaryCaptureImageStorage"), 0);
+
+        let assoc_q = count(&query_log, "CT-SCANNER-2 -> PACS)");
+        let q = query(&h, "findscu", "198.51.100.1", 11112);
+        // findscu exits 0 after a failed C-FIND; it reports the abort.
+        assert!(
+            text(&q).contains("Peer Aborted Association"),
+            "{transport}: C-FIND got through: {}\n{}",
+            text(&q),
+            edge.log()
+        );
+        assert_eq!(
+            count(&query_log, "CT-SCANNER-2 -> PACS)"),
+            assoc_q + 1,
+            "{transport}: the association reached the PACS"
+        );
+        assert_eq!(
+            count(&query_log, "C-FIND RQ"),
+            1,
+            "{transport}: the C-FIND reached the PACS"
+        );
+    }
+    let refused = audit_reasons(&h, "guard-refused");
+    let kinds: Vec<&str> = refused
+        .iter()
+        .map(|r| {
+            if r.contains("calling AE title \"INTRUDER\" not allowed: association rejected") {
+                "calling AE"
+            } else if r.contains("C-FIND not allowed: association aborted") {
+                "C-FIND"
+            } else if r.contains("(Secondary Capture Image Storage) not allowed") {
+                "SC context"
+            } else if r.contains("Query/Retrieve") && r.ends_with(": rejected") {
+                "Q/R contexts"
+            } else if r.contains("more SOP classes: rejected") {
+                // storescu proposes every storage class it knows.
+                "other storage contexts"
+            } else {
+                "unexpected"
+            }
+        })
+        .collect();
+    let each = [
+        "other storage contexts",
+        "Q/R contexts",
+        "Q/R contexts",
+        "calling AE",
+        "SC context",
+        "C-FIND",
+    ];
+    assert_eq!(kinds, [each, each].concat(), "{refused:#?}");
+    let trail = std::fs::read_to_string(h.dir.join("state-edge-01/audit.jsonl")).expect("trail");
+    assert!(!trail.contains("DOE"), "patient data in the audit trail");
 }

@@ -28,6 +28,8 @@ fn association(h: &Hospital, log: &std::path::Path) -> Bg {
             "-v",
             "-aec",
             "PACS",
+            "-aet",
+            "CT-SCANNER-2",
             "--repeat",
             "100000000",
             "-td",

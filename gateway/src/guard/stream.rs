@@ -5,12 +5,14 @@
 //! refusals to the device between the server's own messages, never inside
 //! one. Without a guard both are plain pass-throughs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use dicom_ul::pdu::AbortRQServiceProviderReason;
 use tokio::sync::mpsc;
-use ward_policy::model::{Guard, Hl7Guard, ModbusGuard};
+use ward_policy::model::{AeRefusal, DicomGuard, Guard, Hl7Guard, ModbusGuard};
 
+use super::dicom::{self, Piece};
 use super::hl7::{self, EB, SB};
 use super::modbus;
 use crate::transport::relay::Source;
@@ -23,6 +25,8 @@ pub type Report = Arc<dyn Fn(&str) + Send + Sync>;
 pub struct GuardedUp<S> {
     inner: S,
     guard: Option<Checker>,
+    /// The guard ended the stream (a refused or aborted association).
+    ended: bool,
 }
 
 struct Checker {
@@ -38,8 +42,30 @@ struct Answer {
 }
 
 enum Rules {
+    Dicom(Box<Association>),
     Hl7(Hl7Guard, hl7::Framer),
     Modbus(ModbusGuard, modbus::Framer),
+}
+
+/// One DICOM association as its guard follows it.
+struct Association {
+    guard: DicomGuard,
+    reader: dicom::Reader,
+    state: Session,
+    /// Presentation contexts taken out of the request, for the server's
+    /// side to answer as rejected.
+    removed: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Where an association is.
+enum Session {
+    /// Before the A-ASSOCIATE-RQ.
+    Start,
+    /// Forwarded to the server with these presentation contexts.
+    Open(Vec<u8>),
+    /// Answered by Ward itself (no context allowed): only a release or an
+    /// abort may follow.
+    Answered,
 }
 
 /// The server's direction of a guarded flow.
@@ -48,6 +74,11 @@ pub struct Injecting<S> {
     replies: Option<mpsc::UnboundedReceiver<Bytes>>,
     /// Where the server's stream is: between messages, refusals may go.
     at: Boundary,
+    /// DICOM: the server's association answer, completed with the
+    /// contexts Ward removed from the request.
+    acceptance: Option<(dicom::Acceptance, Arc<Mutex<Vec<u8>>>)>,
+    /// The server's stream ended.
+    ended: bool,
 }
 
 /// Where a server's stream is, message-wise.
@@ -60,6 +91,12 @@ enum Boundary {
         have: usize,
         remaining: usize,
     },
+    /// DICOM PDUs: header bytes seen of the next, body bytes still to come.
+    Pdu {
+        header: [u8; dicom::HEADER],
+        have: usize,
+        remaining: u64,
+    },
 }
 
 impl Boundary {
@@ -67,6 +104,9 @@ impl Boundary {
         match self {
             Boundary::Mllp { between, .. } => *between,
             Boundary::Mbap {
+                have, remaining, ..
+            } => *have == 0 && *remaining == 0,
+            Boundary::Pdu {
                 have, remaining, ..
             } => *have == 0 && *remaining == 0,
         }
@@ -110,6 +150,30 @@ impl Boundary {
                     }
                 }
             }
+            Boundary::Pdu {
+                header,
+                have,
+                remaining,
+            } => {
+                let mut data = data;
+                while !data.is_empty() {
+                    if *remaining > 0 {
+                        let take = (*remaining).min(data.len() as u64);
+                        *remaining -= take;
+                        data = &data[take as usize..];
+                    } else {
+                        header[*have] = data[0];
+                        *have += 1;
+                        data = &data[1..];
+                        if *have == dicom::HEADER {
+                            *remaining = u64::from(u32::from_be_bytes([
+                                header[2], header[3], header[4], header[5],
+                            ]));
+                            *have = 0;
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -127,6 +191,7 @@ pub fn wrap<U: Source, D: Source>(
             GuardedUp {
                 inner: up,
                 guard: None,
+                ended: false,
             },
             Injecting {
                 inner: down,
@@ -135,10 +200,30 @@ pub fn wrap<U: Source, D: Source>(
                     between: true,
                     in_frame: false,
                 },
+                acceptance: None,
+                ended: false,
             },
         );
     };
+    let mut acceptance = None;
     let (rules, at) = match guard {
+        Guard::Dicom(guard) => {
+            let removed = Arc::new(Mutex::new(Vec::new()));
+            acceptance = Some((dicom::Acceptance::default(), removed.clone()));
+            (
+                Rules::Dicom(Box::new(Association {
+                    guard,
+                    reader: dicom::Reader::default(),
+                    state: Session::Start,
+                    removed,
+                })),
+                Boundary::Pdu {
+                    header: [0; dicom::HEADER],
+                    have: 0,
+                    remaining: 0,
+                },
+            )
+        }
         Guard::Hl7(g) => (
             Rules::Hl7(g, hl7::Framer::default()),
             Boundary::Mllp {
@@ -167,11 +252,14 @@ pub fn wrap<U: Source, D: Source>(
                     report,
                 },
             }),
+            ended: false,
         },
         Injecting {
             inner: down,
             replies: Some(rx),
             at,
+            acceptance,
+            ended: false,
         },
     )
 }
@@ -226,10 +314,12 @@ impl Answer {
 }
 
 impl Checker {
-    /// Judge the complete messages `data` finishes; allowed ones go to `out`.
-    fn check(&mut self, data: &[u8], out: &mut Vec<Bytes>) -> std::io::Result<()> {
+    /// Judge the complete messages `data` finishes; allowed ones go to
+    /// `out`. `false`: the guard ended the stream (after `out`).
+    fn check(&mut self, data: &Bytes, out: &mut Vec<Bytes>) -> std::io::Result<bool> {
         let Checker { rules, answer } = self;
         match rules {
+            Rules::Dicom(a) => return Ok(a.check(answer, data.clone(), out)),
             Rules::Hl7(guard, framer) => {
                 let messages = match framer.push(data) {
                     Ok(m) => m,
@@ -269,7 +359,218 @@ impl Checker {
                 }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+impl Association {
+    /// Follow the association through `data`. `false`: it ended here
+    /// (rejected, aborted, or released with Ward); what the device is told
+    /// went to the replies.
+    fn check(&mut self, answer: &Answer, data: Bytes, out: &mut Vec<Bytes>) -> bool {
+        let mut pieces = Vec::new();
+        let read = self.reader.push(data, &mut pieces);
+        for piece in pieces {
+            match self.piece(answer, piece, out) {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err((reason, why)) => return self.abort(answer, &reason, why, out),
+            }
+        }
+        match read {
+            Ok(()) => true,
+            Err(e) => self.abort(
+                answer,
+                &e.to_string(),
+                AbortRQServiceProviderReason::InvalidPduParameter,
+                out,
+            ),
+        }
+    }
+
+    /// The stream is not an association as the standard has it: reported,
+    /// both sides get an A-ABORT from the provider (Ward), and it ends.
+    fn abort(
+        &self,
+        answer: &Answer,
+        reason: &str,
+        why: AbortRQServiceProviderReason,
+        out: &mut Vec<Bytes>,
+    ) -> bool {
+        (answer.report)(&format!("stream refused: {reason}"));
+        let abort = Bytes::from(dicom::abort(Some(why)));
+        if matches!(self.state, Session::Open(_)) {
+            out.push(abort.clone());
+        }
+        let _ = answer.replies.send(abort);
+        false
+    }
+
+    fn piece(
+        &mut self,
+        answer: &Answer,
+        piece: Piece,
+        out: &mut Vec<Bytes>,
+    ) -> Result<bool, (String, AbortRQServiceProviderReason)> {
+        let unexpected = |what: &str| {
+            Err((
+                format!("{what} out of order"),
+                AbortRQServiceProviderReason::UnexpectedPdu,
+            ))
+        };
+        match (&self.state, piece) {
+            (Session::Start, Piece::Control(dicom::ASSOCIATE_RQ, bytes)) => {
+                self.associate(answer, bytes, out)
+            }
+            (Session::Start, _) => unexpected("a PDU before the A-ASSOCIATE-RQ"),
+            (_, Piece::Control(dicom::ASSOCIATE_RQ, _)) => unexpected("a second A-ASSOCIATE-RQ"),
+            (Session::Answered, Piece::Control(dicom::RELEASE_RQ, _)) => {
+                let _ = answer.replies.send(Bytes::from(dicom::release_reply()));
+                Ok(false)
+            }
+            (Session::Answered, Piece::Control(dicom::ABORT, _)) => Ok(false),
+            (Session::Answered, _) => unexpected("data on an association without contexts"),
+            (Session::Open(_), Piece::Control(ty, bytes)) => {
+                if !matches!(ty, dicom::RELEASE_RQ | dicom::RELEASE_RP | dicom::ABORT) {
+                    return unexpected(&format!("PDU type 0x{ty:02x} from the requestor"));
+                }
+                out.push(bytes);
+                Ok(ty != dicom::ABORT)
+            }
+            (Session::Open(_), Piece::Pass(bytes)) => {
+                out.push(bytes);
+                Ok(true)
+            }
+            (Session::Open(contexts), Piece::Command { context, set, raw }) => {
+                if !contexts.contains(&context) {
+                    return Err((
+                        format!("a command on presentation context {context}, not negotiated"),
+                        AbortRQServiceProviderReason::UnexpectedPduParameter,
+                    ));
+                }
+                let command = dicom::parse_command(&set).map_err(|e| {
+                    (
+                        e.to_string(),
+                        AbortRQServiceProviderReason::InvalidPduParameter,
+                    )
+                })?;
+                let refusal = self.guard.refuses_command(command.field).or_else(|| {
+                    command
+                        .sop_class
+                        .as_deref()
+                        .filter(|_| command.field & 0x8000 == 0)
+                        .and_then(|uid| self.guard.refuses_sop_class(uid))
+                });
+                match refusal {
+                    None => {
+                        out.push(Bytes::from(raw));
+                        Ok(true)
+                    }
+                    Some(reason) if answer.monitor => {
+                        (answer.report)(&format!("{reason} (monitor mode: passed)"));
+                        out.push(Bytes::from(raw));
+                        Ok(true)
+                    }
+                    Some(reason) => {
+                        // The server never sees the command; both sides
+                        // see the association aborted.
+                        (answer.report)(&format!("{reason}: association aborted"));
+                        let abort = Bytes::from(dicom::abort(None));
+                        out.push(abort.clone());
+                        let _ = answer.replies.send(abort);
+                        Ok(false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// An A-ASSOCIATE-RQ: AE titles, then presentation contexts.
+    fn associate(
+        &mut self,
+        answer: &Answer,
+        bytes: Bytes,
+        out: &mut Vec<Bytes>,
+    ) -> Result<bool, (String, AbortRQServiceProviderReason)> {
+        let rq = match dicom::parse_control(&bytes) {
+            Ok(dicom_ul::Pdu::AssociationRQ(rq)) => rq,
+            Ok(_) => unreachable!("the reader typed it A-ASSOCIATE-RQ"),
+            Err(e) => {
+                return Err((
+                    e.to_string(),
+                    AbortRQServiceProviderReason::InvalidPduParameter,
+                ));
+            }
+        };
+        let all: Vec<u8> = rq.presentation_contexts.iter().map(|c| c.id).collect();
+        if let Some((which, reason)) = self
+            .guard
+            .refuses_association(rq.calling_ae_title.trim(), rq.called_ae_title.trim())
+        {
+            if answer.monitor {
+                (answer.report)(&format!("{reason} (monitor mode: passed)"));
+            } else {
+                (answer.report)(&format!("{reason}: association rejected"));
+                let rj = dicom::reject(which == AeRefusal::Calling);
+                let _ = answer.replies.send(Bytes::from(rj));
+                return Ok(false);
+            }
+        }
+        // One report per association for its refused contexts: each SOP
+        // class once, with the contexts that named it.
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        let mut refused: Vec<(String, Vec<u8>)> = Vec::new();
+        for c in &rq.presentation_contexts {
+            match self.guard.refuses_sop_class(&c.abstract_syntax) {
+                None => kept.push(c.id),
+                Some(reason) => {
+                    match refused.iter_mut().find(|(r, _)| *r == reason) {
+                        Some((_, ids)) => ids.push(c.id),
+                        None => refused.push((reason, vec![c.id])),
+                    }
+                    if answer.monitor {
+                        kept.push(c.id);
+                    } else {
+                        removed.push(c.id);
+                    }
+                }
+            }
+        }
+        if !refused.is_empty() {
+            // A storage SCU may propose a hundred classes: the first few
+            // are named, the rest counted.
+            const NAMED: usize = 8;
+            let mut list = refused
+                .iter()
+                .take(NAMED)
+                .map(|(reason, ids)| {
+                    let ids: Vec<String> = ids.iter().map(u8::to_string).collect();
+                    format!("{reason} (presentation context {})", ids.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            if refused.len() > NAMED {
+                list.push_str(&format!("; and {} more SOP classes", refused.len() - NAMED));
+            }
+            (answer.report)(&if answer.monitor {
+                format!("{list} (monitor mode: passed)")
+            } else {
+                format!("{list}: rejected")
+            });
+        }
+        if removed.is_empty() {
+            out.push(bytes);
+        } else if kept.is_empty() {
+            let _ = answer.replies.send(Bytes::from(dicom::accept_none(&rq)));
+            self.state = Session::Answered;
+            return Ok(true);
+        } else {
+            out.push(Bytes::from(dicom::without_contexts(&rq, &kept)));
+            *self.removed.lock().unwrap_or_else(|p| p.into_inner()) = removed;
+        }
+        self.state = Session::Open(if kept.is_empty() { all } else { kept });
+        Ok(true)
     }
 }
 
@@ -279,6 +580,9 @@ impl<S: Source> Source for GuardedUp<S> {
             return self.inner.next(out).await;
         };
         loop {
+            if self.ended {
+                return Ok(false);
+            }
             let mut raw = Vec::new();
             if !self.inner.next(&mut raw).await? {
                 // A message cut off by the end of the stream is never sent on.
@@ -286,7 +590,10 @@ impl<S: Source> Source for GuardedUp<S> {
             }
             let before = out.len();
             for chunk in &raw {
-                checker.check(chunk, out)?;
+                if !checker.check(chunk, out)? {
+                    self.ended = true;
+                    break;
+                }
             }
             if out.len() > before {
                 return Ok(true);
@@ -301,27 +608,48 @@ impl<S: Source> Source for Injecting<S> {
         let Some(replies) = &mut self.replies else {
             return self.inner.next(out).await;
         };
-        let between = self.at.between();
-        if between && let Ok(r) = replies.try_recv() {
-            out.push(r);
-            return Ok(true);
-        }
-        let before = out.len();
-        let more = if between {
-            tokio::select! {
-                more = self.inner.next(out) => more?,
-                Some(r) = replies.recv() => {
-                    out.push(r);
-                    return Ok(true);
+        loop {
+            let between = self.at.between();
+            if (between || self.ended)
+                && let Ok(r) = replies.try_recv()
+            {
+                out.push(r);
+                return Ok(true);
+            }
+            if self.ended {
+                return Ok(false);
+            }
+            let before = out.len();
+            let more = if between {
+                tokio::select! {
+                    more = self.inner.next(out) => more?,
+                    Some(r) = replies.recv() => {
+                        out.push(r);
+                        return Ok(true);
+                    }
+                }
+            } else {
+                self.inner.next(out).await?
+            };
+            if let Some((acceptance, removed)) = &mut self.acceptance {
+                let chunks: Vec<Bytes> = out.drain(before..).collect();
+                let removed = removed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for c in chunks {
+                    let passed = acceptance.push(c, &removed).map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+                    })?;
+                    out.extend(passed);
                 }
             }
-        } else {
-            self.inner.next(out).await?
-        };
-        for c in &out[before..] {
-            self.at.track(c);
+            for c in &out[before..] {
+                self.at.track(c);
+            }
+            // At the end, refusals still queued go out before it.
+            self.ended = !more;
+            if out.len() > before {
+                return Ok(true);
+            }
         }
-        Ok(more)
     }
 }
 
@@ -415,6 +743,8 @@ mod tests {
                 between: true,
                 in_frame: false,
             },
+            acceptance: None,
+            ended: false,
         };
         let mut out = Vec::new();
         assert!(down.next(&mut out).await.expect("first chunk"));
@@ -438,6 +768,8 @@ mod tests {
                 have: 0,
                 remaining: 0,
             },
+            acceptance: None,
+            ended: false,
         };
         let mut out = Vec::new();
         assert!(down.next(&mut out).await.expect("first part"));
@@ -465,6 +797,176 @@ mod tests {
         let mut back = Vec::new();
         assert!(down.next(&mut back).await.expect("down"));
         assert_eq!(back.concat(), [0, 2, 0, 0, 0, 3, 1, 0x86, 1]);
+    }
+
+    /// A source of owned chunks.
+    struct Owned(Vec<Vec<u8>>);
+
+    impl Source for Owned {
+        async fn next(&mut self, out: &mut Vec<Bytes>) -> std::io::Result<bool> {
+            if self.0.is_empty() {
+                return Ok(false);
+            }
+            out.push(Bytes::from(self.0.remove(0)));
+            Ok(true)
+        }
+    }
+
+    fn dicom_guard() -> Guard {
+        Guard::Dicom(DicomGuard {
+            calling_ae_titles: vec!["CT-SCANNER-2".into()],
+            sop_classes: vec![CT.into(), "1.2.840.10008.1.1".into()],
+            commands: vec![0x0001, 0x0030],
+            ..DicomGuard::default()
+        })
+    }
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+
+    /// Run the device's `stream` and the server's `server` through a DICOM
+    /// guard: what the server got, what the device got, the reports.
+    async fn dicom_run(
+        stream: Vec<Vec<u8>>,
+        server: Vec<Vec<u8>>,
+        monitor: bool,
+    ) -> (Vec<u8>, Vec<u8>, Vec<String>) {
+        let (reports, report) = recorder();
+        let (mut up, mut down) = wrap(
+            Owned(stream),
+            Owned(server),
+            Some((dicom_guard(), report)),
+            monitor,
+        );
+        let mut sent = Vec::new();
+        while up.next(&mut sent).await.expect("up") {}
+        let mut back = Vec::new();
+        while down.next(&mut back).await.expect("down") {}
+        let r = reports.lock().expect("lock").clone();
+        (sent.concat(), back.concat(), r)
+    }
+
+    /// A wrong calling AE title: A-ASSOCIATE-RJ (calling AE not
+    /// recognized), nothing reaches the server.
+    #[tokio::test]
+    async fn dicom_wrong_calling_ae_is_rejected() {
+        let mut rq = dicom::tests::rq(&[(1, CT)]);
+        rq.calling_ae_title = "INTRUDER".into();
+        let rq = dicom::written(&dicom_ul::Pdu::AssociationRQ(rq));
+        let (sent, back, reports) = dicom_run(vec![rq], vec![], false).await;
+        assert!(sent.is_empty());
+        // A-ASSOCIATE-RJ: result 1 (permanent), source 1 (user), reason 3.
+        assert_eq!(back, [3, 0, 0, 0, 0, 4, 0, 1, 1, 3]);
+        assert!(
+            reports[0].contains("calling AE title \"INTRUDER\""),
+            "{reports:?}"
+        );
+    }
+
+    /// A refused context leaves the request; the server's AC gets it back
+    /// as rejected; a C-FIND on an allowed context aborts both sides and
+    /// never reaches the server; a C-STORE before it passes.
+    #[tokio::test]
+    async fn dicom_contexts_and_commands() {
+        let rq = dicom::written(&dicom_ul::Pdu::AssociationRQ(dicom::tests::rq(&[
+            (1, CT),
+            (3, FIND),
+        ])));
+        let store = dicom::tests::pdata(&[(1, 3, &dicom::tests::command_set(0x0001, CT))]);
+        let data = dicom::tests::pdata(&[(1, 2, b"pixels")]);
+        let find = dicom::tests::pdata(&[(1, 3, &dicom::tests::command_set(0x0020, CT))]);
+        let ac = dicom::tests::accept(&[1]);
+        let (reports, report) = recorder();
+        let (mut up, mut down) = wrap(
+            Owned(vec![rq, store.clone(), data.clone(), find]),
+            Owned(vec![ac]),
+            Some((dicom_guard(), report)),
+            false,
+        );
+        // The request goes first, then the server's answer comes back.
+        let mut sent = Vec::new();
+        assert!(up.next(&mut sent).await.expect("request"));
+        let mut back = Vec::new();
+        assert!(down.next(&mut back).await.expect("answer"));
+        while up.next(&mut sent).await.expect("up") {}
+        while down.next(&mut back).await.expect("down") {}
+        let (sent, back, reports) = (
+            sent.concat(),
+            back.concat(),
+            reports.lock().expect("lock").clone(),
+        );
+        let forwarded = dicom::written(&dicom_ul::Pdu::AssociationRQ(dicom::tests::rq(&[(1, CT)])));
+        let abort = dicom::abort(None);
+        assert_eq!(sent, [forwarded, store, data, abort.clone()].concat());
+        let ac_len = back.len() - abort.len();
+        let dicom_ul::Pdu::AssociationAC(got) = dicom::parse_control(&back[..ac_len]).expect("ac")
+        else {
+            panic!("not an AC");
+        };
+        assert_eq!(got.presentation_contexts.len(), 2);
+        assert_eq!(got.presentation_contexts[1].id, 3);
+        assert_eq!(
+            got.presentation_contexts[1].reason,
+            dicom_ul::pdu::PresentationContextResultReason::AbstractSyntaxNotSupported
+        );
+        assert_eq!(&back[ac_len..], abort);
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert!(
+            reports[0].contains(FIND) && reports[0].ends_with("(presentation context 3): rejected"),
+            "{reports:?}"
+        );
+        assert!(reports[1].contains("C-FIND not allowed"), "{reports:?}");
+    }
+
+    /// No allowed context: Ward answers the association and its release.
+    #[tokio::test]
+    async fn dicom_no_context_left_is_answered_by_ward() {
+        let rq = dicom::written(&dicom_ul::Pdu::AssociationRQ(dicom::tests::rq(&[(
+            1, FIND,
+        )])));
+        let release = dicom::written(&dicom_ul::Pdu::ReleaseRQ);
+        let (sent, back, _) = dicom_run(vec![rq, release], vec![], false).await;
+        assert!(sent.is_empty(), "nothing reaches the server");
+        let n = back.len() - 10;
+        let dicom_ul::Pdu::AssociationAC(ac) = dicom::parse_control(&back[..n]).expect("ac") else {
+            panic!("not an AC");
+        };
+        assert_eq!(
+            ac.presentation_contexts[0].reason,
+            dicom_ul::pdu::PresentationContextResultReason::AbstractSyntaxNotSupported
+        );
+        assert_eq!(&back[n..], dicom::release_reply());
+    }
+
+    /// Monitor mode: all passes, each refusal reported.
+    #[tokio::test]
+    async fn dicom_monitor_mode_passes() {
+        let mut rq = dicom::tests::rq(&[(1, CT), (3, FIND)]);
+        rq.calling_ae_title = "OTHER".into();
+        let rq = dicom::written(&dicom_ul::Pdu::AssociationRQ(rq));
+        let find = dicom::tests::pdata(&[(3, 3, &dicom::tests::command_set(0x0020, FIND))]);
+        let (sent, _, reports) = dicom_run(vec![rq.clone(), find.clone()], vec![], true).await;
+        assert_eq!(sent, [rq, find].concat());
+        assert_eq!(reports.len(), 3, "{reports:?}");
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.ends_with("(monitor mode: passed)")),
+            "{reports:?}"
+        );
+    }
+
+    /// Not DICOM: both sides aborted by the provider, reported.
+    #[tokio::test]
+    async fn dicom_garbage_is_aborted() {
+        let (sent, back, reports) =
+            dicom_run(vec![b"GET / HTTP/1.1\r\n".to_vec()], vec![], false).await;
+        assert!(sent.is_empty());
+        assert_eq!(
+            back,
+            dicom::abort(Some(AbortRQServiceProviderReason::InvalidPduParameter))
+        );
+        assert!(reports[0].starts_with("stream refused: unknown PDU type 0x47"));
     }
 
     /// Garbage ends the stream with an error, reported.
