@@ -252,6 +252,9 @@ pub struct AccessRule {
     pub connect_timeout: Duration,
     /// Concurrent connection limit.
     pub max_connections: u32,
+    /// What the client may say to the device, checked where its cleartext
+    /// enters (this gateway, after TLS).
+    pub guard: Option<Guard>,
 }
 
 /// A device behind this gateway.
@@ -715,6 +718,7 @@ pub fn compile(policy: &Policy, gateway: &str) -> Result<Plan, CompileError> {
                     idle_timeout: f.idle_timeout,
                     connect_timeout: f.connect_timeout,
                     max_connections: f.max_connections,
+                    guard: f.guard.as_ref().map(|g| g.value.clone()),
                 });
             }
         }

@@ -894,8 +894,9 @@ fn judge_observed_flows() {
 }
 
 /// HL7 guards: compiled onto the device's flow; a message type that is not
-/// one, an HL7 guard on a DICOM flow, a DICOM guard on an HL7 flow and a
-/// guard on an inbound flow are errors at their place.
+/// one, an HL7 guard on a DICOM flow and a DICOM guard on an HL7 flow are
+/// errors at their place; a client's flow carries its guard to the access
+/// rule.
 #[test]
 fn hl7_guards() {
     // The example's pump flows carry HL7 guards: pump 1's is replaced here.
@@ -941,11 +942,18 @@ fn hl7_guards() {
     let dicom_on_hl7 = pump_guard("{ calling_ae_titles = [\"CT2\"] }");
     let e = one_error(&dicom_on_hl7, "flows[1].guard");
     assert!(e.message.contains("a dicom guard"), "{e:?}");
+    // A client's flow to a device port: its guard's keys say the protocol,
+    // and the access rule carries it.
     let inbound = guarded(
         "listen = \"192.0.2.10:24105\"",
-        "{ message_types = [\"ORU^R01\"] }",
+        "{ calling_ae_titles = [\"VENDOR\"], commands = [\"C-ECHO\"] }",
     );
-    one_error(&inbound, "flows[3].guard");
+    let (p, _) = load("p.toml", &inbound, &ValidateOptions::default()).expect("valid");
+    let edge = compile(&p, "edge-01").expect("edge");
+    assert!(matches!(
+        edge.access[0].guard,
+        Some(crate::model::Guard::Dicom(_))
+    ));
 }
 
 /// DICOM guards: AE titles, SOP classes by name, keyword or UID, DIMSE

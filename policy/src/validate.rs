@@ -339,10 +339,13 @@ fn check_flows(p: &Policy, d: &mut Diagnostics) {
                         );
                     }
                 }
-                _ => d.error(
+                // A client's flow names a device port, not a service: the
+                // guard's keys say the protocol.
+                FlowKind::Inbound { .. } => {}
+                FlowKind::Return { .. } => d.error(
                     &g.span,
                     format!("{key}.guard"),
-                    "guards apply to flows from a device to a service so far",
+                    "guards apply to the side that starts a conversation: a device's flow to a service, or a client's flow to a device; a return flow's server is guarded where it is",
                 ),
             }
         }

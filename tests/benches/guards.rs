@@ -1,11 +1,20 @@
-//! Protocol guards' cost, in the same run on the same machine: Modbus/TCP
-//! request round trips from the patient monitor's segment to a PLC behind
-//! the hub, over two flows of the same TCP tunnel path, one guarded
-//! (functions, unit ids, an address range), one not. One connection per
-//! run, requests one at a time (read 4 holding registers), interleaved
-//! runs, medians of p50 and p99. Target: guarded p99 within 10 % of
-//! unguarded. The PLC is a minimal Modbus server written here (it answers
-//! every read with zeros), so the server adds as little as possible.
+//! Protocol guards' cost, in the same run on the same machine.
+//!
+//! Modbus/TCP: request round trips from the patient monitor's segment to a
+//! PLC behind the hub, over two flows of the same TCP tunnel path, one
+//! guarded (functions, unit ids, an address range), one not. One
+//! connection per run, requests one at a time (read 4 holding registers),
+//! interleaved runs, medians of p50 and p99. Target: guarded p99 within
+//! 10 % of unguarded. The PLC is a minimal Modbus server written here (it
+//! answers every read with zeros), so the server adds as little as possible.
+//!
+//! DICOM: a study of `IMAGES` CT images of 3 MiB each stored by dcmtk
+//! `storescu` (one association) from the CT through the example's guarded
+//! flow (AE titles, SOP classes, commands; QUIC tunnel) and through an
+//! unguarded flow of the same path, to two dcmtk `storescp --ignore` (which
+//! receive every byte and write nothing), interleaved runs, medians of
+//! throughput and of the edge's CPU seconds per GiB. Target: guarded
+//! throughput at least 0.95x unguarded.
 //!
 //! `sudo cargo bench -p ward-tests --bench guards` (root: namespaces)
 
@@ -13,11 +22,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use ward_tests::load::{in_netns, median};
-use ward_tests::topology::Hospital;
+use ward_tests::harness::TempDir;
+use ward_tests::load::{cpu_seconds, in_netns, median};
+use ward_tests::peers::{dcmtk, make_dicom};
+use ward_tests::topology::{Bg, Hospital, cmd_in, storescp_in};
 
 const RUNS: usize = 5;
 const REQUESTS: usize = 5_000;
+/// Images of the DICOM study (each 1024 x 1024 RGB, 3 MiB).
+const IMAGES: usize = 100;
 
 /// A Modbus server on `addr` in `ns`: every request gets a read response
 /// of as many zero registers as it asked for.
@@ -81,9 +94,22 @@ fn main() {
         return;
     };
     h.with_plc(&[("plc-guarded", 502, true), ("plc-plain", 503, false)]);
+    // An unguarded twin of the CT's guarded flow, to a second PACS port.
+    let mut policy = std::fs::read_to_string(&h.policy).expect("policy");
+    policy.push_str(
+        "\n[services.pacs-plain]\naddress = \"203.0.113.5:105\"\nvia = \"hub-dc-01\"\nprotocol = \"dicom\"\n\n\
+         [[flows]]\nname = \"ct2-to-pacs-plain\"\nfrom = \"ct-scanner-2\"\nto = \"pacs-plain\"\n\
+         listen = \"198.51.100.1:105\"\ntransport = \"quic\"\n",
+    );
+    std::fs::write(&h.policy, policy).expect("policy");
     plc(h.srv.name(), "203.0.113.7:502".parse().expect("addr"));
+    let data = TempDir::new("gb-data");
+    let _pacs: Vec<Bg> = [104, 105]
+        .iter()
+        .map(|port| storescp_in(&h.srv, *port, &data.join("pacs"), &["--ignore"]))
+        .collect();
     let _hub = h.start_hub();
-    let _edge = h.start_edge("");
+    let edge = h.start_edge("");
     let paths: [(&str, SocketAddr); 2] = [
         ("unguarded", "198.51.100.49:503".parse().expect("addr")),
         ("guarded", "198.51.100.49:502".parse().expect("addr")),
@@ -117,4 +143,62 @@ fn main() {
         if ratio <= 1.10 { "met" } else { "MISSED" }
     );
     println!("raw p99 µs unguarded {:?} guarded {:?}", p99[0], p99[1]);
+    cstore(&h, &data, edge.pid());
+}
+
+/// The DICOM study through the unguarded and the guarded flow.
+fn cstore(h: &Hospital, data: &TempDir, edge: u32) {
+    let image = make_dicom(data, 1024);
+    let bytes = std::fs::metadata(&image).expect("image").len() * IMAGES as u64;
+    let store = |port: u16| -> (f64, f64) {
+        let cpu = cpu_seconds(&[edge]);
+        let start = Instant::now();
+        let out = cmd_in(&h.ct, dcmtk("storescu"))
+            .args(["-aec", "PACS", "-aet", "CT-SCANNER-2", "-R"])
+            .args(["--repeat", &IMAGES.to_string()])
+            .args(["198.51.100.1", &port.to_string()])
+            .arg(&image)
+            .output()
+            .expect("storescu");
+        let secs = start.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "storescu to port {port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        (
+            bytes as f64 / secs / 1e6,
+            (cpu_seconds(&[edge]) - cpu) / gib,
+        )
+    };
+    let paths = [("unguarded", 105), ("guarded", 104)];
+    for (_, port) in paths {
+        store(port); // warm-up
+    }
+    let mut mbps = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for run in 0..RUNS {
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (t, c) = store(paths[i].1);
+            mbps[i].push(t);
+            cpu[i].push(c);
+        }
+    }
+    println!(
+        "\nDICOM C-STORE of {IMAGES} CT images ({:.0} MB) on one association, CT -> edge -> QUIC tunnel -> hub -> storescp --ignore, {RUNS} runs, medians",
+        bytes as f64 / 1e6
+    );
+    println!("| flow | MB/s | edge CPU s/GiB |\n|---|---|---|");
+    let m = |v: &Vec<f64>| median(v.clone());
+    for (i, (name, _)) in paths.iter().enumerate() {
+        println!("| {name} | {:.0} | {:.2} |", m(&mbps[i]), m(&cpu[i]));
+    }
+    let ratio = m(&mbps[1]) / m(&mbps[0]);
+    println!(
+        "guarded / unguarded throughput {ratio:.3}; target (>= 0.95): {}",
+        if ratio >= 0.95 { "met" } else { "MISSED" }
+    );
+    println!("raw MB/s unguarded {:?} guarded {:?}", mbps[0], mbps[1]);
 }

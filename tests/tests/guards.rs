@@ -517,3 +517,72 @@ fn dicom_guard_refuses_the_protocol_way() {
     let trail = std::fs::read_to_string(h.dir.join("state-edge-01/audit.jsonl")).expect("trail");
     assert!(!trail.contains("DOE"), "patient data in the audit trail");
 }
+
+/// The access leg: the vendor's TLS client reaches the monitor through the
+/// edge's access listener with a DICOM guard on its flow (calling AE
+/// `VENDOR`, C-ECHO only). `echoscu` over TLS works; `storescu` on the same
+/// flow is aborted and nothing is stored; another calling AE is rejected.
+#[test]
+fn access_leg_guard() {
+    let Ok(mut h) = Hospital::build("gac") else {
+        return;
+    };
+    h.edit_policy(|p| {
+        p.replace(
+            "idle_timeout = \"30m\"\n",
+            "idle_timeout = \"30m\"\nguard = { calling_ae_titles = [\"VENDOR\"], commands = [\"C-ECHO\"] }\n",
+        )
+    });
+    let vendor = h.client("vendor-vitalis");
+    let data = TempDir::new("gac-data");
+    let stored = data.join("monitor");
+    let _monitor = ward_tests::topology::storescp_in(&h.monitor, 24105, &stored, &[]);
+    let file = make_dicom(&data, 32);
+    let _hub = h.start_hub();
+    // Tuesday 03:00 in Berlin: inside the vendor's window.
+    let edge = h.start_edge("fake_now = \"2026-11-24T02:00:00Z\"");
+    let tool = |name: &str, aet: &str, file: Option<&std::path::Path>| {
+        let mut c = cmd_in(&h.lan, dcmtk(name));
+        c.args([
+            "-v", "-aec", "MONITOR", "-aet", aet, "-to", "5", "-ta", "10",
+        ])
+        .arg("--enable-tls")
+        .arg(&vendor.key)
+        .arg(&vendor.cert)
+        .arg("--add-cert-file")
+        .arg(h.ca.ca.cert_path())
+        .args(["192.0.2.10", "24105"]);
+        if let Some(f) = file {
+            c.arg(f);
+        }
+        c.output().expect("dcmtk")
+    };
+    let echo = tool("echoscu", "VENDOR", None);
+    assert!(
+        echo.status.success(),
+        "echoscu over the access leg: {}\n{}",
+        text(&echo),
+        edge.log()
+    );
+    let store = tool("storescu", "VENDOR", Some(&file));
+    assert!(
+        !store.status.success(),
+        "C-STORE got through: {}",
+        text(&store)
+    );
+    let files = std::fs::read_dir(&stored).map_or(0, |d| d.count());
+    assert_eq!(files, 0, "the monitor stored an image");
+    let other = tool("echoscu", "OTHER", None);
+    assert!(
+        text(&other).contains("Calling AE Title Not Recognized"),
+        "{}",
+        text(&other)
+    );
+    assert_eq!(
+        audit_reasons(&h, "guard-refused"),
+        [
+            "vendor-maint-monitor DICOM command C-STORE not allowed: association aborted",
+            "vendor-maint-monitor DICOM calling AE title \"OTHER\" not allowed: association rejected"
+        ]
+    );
+}

@@ -84,12 +84,18 @@ pub async fn serve(
         };
         info!(device = %rule.device, "client connected to device");
         state.audit.record(m.event(FlowAction::Allowed, None));
+        let (near_r, near_w) = relay::io(tokio::io::split(tls));
+        let (far_r, far_w) = relay::io(device.into_split());
+        // The client's cleartext enters here: its guard reads it before
+        // the device does.
+        let guard = rule
+            .guard
+            .clone()
+            .map(|g| (g, super::outbound::guard_report(&state, &m)));
+        let monitor = state.plan().mode == ward_policy::model::Mode::Monitor;
+        let (up, down) = crate::guard::stream::wrap(near_r, far_r, guard, monitor);
         admitted
-            .relay(
-                relay::io(tokio::io::split(tls)),
-                relay::io(device.into_split()),
-                rule.idle_timeout,
-            )
+            .relay((up, near_w), (down, far_w), rule.idle_timeout)
             .await;
     }
     .instrument(span)

@@ -217,7 +217,10 @@ struct Guard {
 }
 
 /// Each message the guard refuses (or would): counted, logged, audited.
-fn guard_report(state: &Arc<ProxyState>, m: &conn::Matched) -> crate::guard::stream::Report {
+pub(super) fn guard_report(
+    state: &Arc<ProxyState>,
+    m: &conn::Matched,
+) -> crate::guard::stream::Report {
     let (audit, stats, m) = (state.audit.clone(), state.registry.flow(&m.flow), m.clone());
     let monitor = state.plan().mode == ward_policy::model::Mode::Monitor;
     Arc::new(move |reason: &str| {
