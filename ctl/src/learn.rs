@@ -166,15 +166,115 @@ pub fn suggest(
         None => None,
     };
     let out = render_suggestion(&o, observed_file, policy.as_ref(), plan.as_ref(), deny);
-    match text {
-        Some(t) => print!("{}\n{}", enforce(&t), out.text),
-        None => print!("{}", out.text),
+    let mut guards = 0;
+    match (text, &policy) {
+        (Some(t), Some(p)) => {
+            let (t, n) = with_guards(&t, p, &o.facts);
+            guards = n;
+            print!("{}\n{}", enforce(&t), out.text);
+        }
+        _ => print!("{}", out.text),
     }
     eprintln!(
-        "suggested {} flows, {} services, {} exceptions; {} left out (--deny), {} not suggestable",
+        "suggested {} flows, {} services, {} exceptions, {guards} guards; {} left out (--deny), {} not suggestable",
         out.flows, out.services, out.exceptions, out.left_out, out.unsuggestable
     );
     Ok(Exit::Ok)
+}
+
+/// The policy text with a guard on each flow that has none and whose
+/// protocol said something the gateway read: exactly what was seen (AE
+/// titles, SOP classes by name, DIMSE commands; HL7 message types and
+/// senders; Modbus functions and unit ids), written after the flow's
+/// `name`. Also how many guards were written.
+fn with_guards(
+    text: &str,
+    policy: &Policy,
+    facts: &[ward_api::observed::FlowFacts],
+) -> (String, usize) {
+    use ward_policy::model::{FlowKind, Protocol};
+    let mut lines: BTreeMap<String, String> = BTreeMap::new();
+    for f in facts {
+        let Some(flow) = policy.flows.iter().find(|x| x.name.value == f.flow) else {
+            continue;
+        };
+        let FlowKind::Outbound { service, .. } = &flow.kind else {
+            continue;
+        };
+        let Some(svc) = policy.services.get(&service.value) else {
+            continue;
+        };
+        if flow.guard.is_some() {
+            continue;
+        }
+        let keys: &[&str] = match svc.protocol {
+            Protocol::Dicom => &[
+                "calling_ae_titles",
+                "called_ae_titles",
+                "sop_classes",
+                "commands",
+            ],
+            Protocol::Hl7 => &[
+                "message_types",
+                "sending_applications",
+                "sending_facilities",
+            ],
+            Protocol::Modbus => &["functions", "unit_ids"],
+            Protocol::Tcp => continue,
+        };
+        let mut parts = Vec::new();
+        for key in keys {
+            let Some(values) = f.values.get(*key) else {
+                continue;
+            };
+            let written: Vec<String> = values
+                .iter()
+                .map(|v| match *key {
+                    "unit_ids" => v.clone(),
+                    "functions" if v.parse::<u8>().is_ok() => v.clone(),
+                    "sop_classes" => {
+                        serde_json::to_string(ward_policy::model::sop_class_name(v).unwrap_or(v))
+                            .expect("a string")
+                    }
+                    _ => serde_json::to_string(v).expect("a string"),
+                })
+                .collect();
+            parts.push(format!("{key} = [{}]", written.join(", ")));
+        }
+        if !parts.is_empty() {
+            lines.insert(
+                f.flow.clone(),
+                format!(
+                    "# guard suggested by wardctl from what the flow said while observed\nguard = {{ {} }}\n",
+                    parts.join(", ")
+                ),
+            );
+        }
+    }
+    let n = lines.len();
+    let mut out = String::new();
+    let mut in_flow = false;
+    for line in text.split_inclusive('\n') {
+        out.push_str(line);
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_flow = t == "[[flows]]";
+        }
+        if in_flow
+            && let Some(name) = t
+                .strip_prefix("name")
+                .map(str::trim_start)
+                .and_then(|r| r.strip_prefix('='))
+                .map(|r| r.trim().trim_matches('"'))
+            && let Some(g) = lines.remove(name)
+        {
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&g);
+        }
+    }
+    (out, n - lines.len())
 }
 
 /// The policy text with its top-level `mode` set to enforce: a suggestion
@@ -659,6 +759,7 @@ mod tests {
             at: 3_000,
             nflog_lost: 0,
             nflog_events: 0,
+            facts: Vec::new(),
             devices: vec![
                 device(
                     "pump-icu-01",
@@ -745,6 +846,58 @@ mod tests {
         let (merged, s) = suggest_for(&routed, &["192.0.2.50:8080".into()]);
         assert_eq!((s.flows, s.left_out), (0, 1));
         assert!(merged.contains("(--deny 192.0.2.50:8080)"), "{merged}");
+    }
+
+    /// A flow without a guard gets one from its facts (SOP classes by
+    /// name); a guarded flow keeps its own; the result is a valid policy
+    /// whose compiled guard is what was seen.
+    #[test]
+    fn guards_from_facts() {
+        let line = EXAMPLE
+            .lines()
+            .find(|l| l.starts_with("guard = { calling_ae_titles"))
+            .expect("the CT's guard");
+        let text = EXAMPLE.replacen(&format!("{line}\n"), "", 1);
+        let (policy, _) = ward_policy::load("p.toml", &text, &Default::default()).expect("valid");
+        let facts = |flow: &str, kv: &[(&str, &[&str])]| ward_api::observed::FlowFacts {
+            flow: flow.into(),
+            values: kv
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+                .collect(),
+            dropped: 0,
+        };
+        let (out, n) = with_guards(
+            &text,
+            &policy,
+            &[
+                facts(
+                    "ct2-to-pacs",
+                    &[
+                        ("calling_ae_titles", &["CT-SCANNER-2"]),
+                        ("sop_classes", &["1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"]),
+                        ("commands", &["C-STORE"]),
+                    ],
+                ),
+                facts("pump1-to-hl7", &[("message_types", &["ADT^A08"])]),
+            ],
+        );
+        assert_eq!(n, 1, "{out}");
+        assert!(
+            out.contains("guard = { calling_ae_titles = [\"CT-SCANNER-2\"], sop_classes = [\"CT Image Storage\", \"1.2.3.4\"], commands = [\"C-STORE\"] }"),
+            "{out}"
+        );
+        let (policy, _) = ward_policy::load("p.toml", &out, &Default::default()).expect("valid");
+        let plan = ward_policy::compile(&policy, "edge-01").expect("compiles");
+        let Some(ward_policy::model::Guard::Dicom(g)) = &plan.outbound["ct2-to-pacs"].guard else {
+            panic!("no guard");
+        };
+        assert_eq!(g.commands, [1]);
+        assert!(g.refuses_command(0x0020).is_some());
+        let Some(ward_policy::model::Guard::Hl7(g)) = &plan.outbound["pump1-to-hl7"].guard else {
+            panic!("the pump's guard");
+        };
+        assert_eq!(g.message_types, ["ORU^R01"], "kept as written");
     }
 
     /// Names stay valid policy names however long the device id.

@@ -287,6 +287,18 @@ fn print_observed(o: &ward_api::observed::Observed, device: Option<&str>) {
             );
         }
     }
+    if device.is_none() && !o.facts.is_empty() {
+        println!();
+        println!("protocol facts (what each flow said; `policy suggest` writes guards from them):");
+        for f in &o.facts {
+            let said: Vec<String> = f
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k} {}", v.join(", ")))
+                .collect();
+            println!("  {}: {}", f.flow, said.join("; "));
+        }
+    }
 }
 
 pub fn run(verb: Verb, socket: PathBuf, json: bool) -> anyhow::Result<Exit> {

@@ -131,8 +131,13 @@ fn observe_suggest_simulate_apply_confirm() {
     let Ok(h) = Hospital::build("lm") else {
         return;
     };
+    // A site starts learning without guards: the suggestion writes them.
     let monitor = routed_policy(std::fs::read_to_string(&h.policy).expect("policy"))
-        .replace("mode = \"enforce\"", "mode = \"monitor\"");
+        .replace("mode = \"enforce\"", "mode = \"monitor\"")
+        .lines()
+        .filter(|l| !l.starts_with("guard = "))
+        .collect::<Vec<_>>()
+        .join("\n");
     std::fs::write(&h.policy, &monitor).expect("policy");
     let data = TempDir::new("lm-data");
     let study = make_dicom(&data, 64);
@@ -217,6 +222,33 @@ fn observe_suggest_simulate_apply_confirm() {
         "the tunnel of the CT's DICOM flow is not recorded: {carried}"
     );
     assert_eq!(o["nflog_lost"], 0);
+    // The protocol facts of the unguarded DICOM and HL7 flows.
+    let facts = |flow: &str| {
+        o["facts"]
+            .as_array()
+            .expect("facts")
+            .iter()
+            .find(|f| f["flow"] == flow)
+            .map(|f| f["values"].clone())
+            .unwrap_or_default()
+    };
+    let ct_facts = facts("ct2-to-pacs");
+    assert_eq!(
+        ct_facts["calling_ae_titles"],
+        serde_json::json!(["CT-SCANNER-2"]),
+        "{o}"
+    );
+    assert_eq!(ct_facts["commands"], serde_json::json!(["C-STORE"]), "{o}");
+    assert_eq!(
+        ct_facts["sop_classes"],
+        serde_json::json!(["1.2.840.10008.5.1.4.1.1.2"]),
+        "{o}"
+    );
+    assert_eq!(
+        facts("pump1-to-hl7")["message_types"],
+        serde_json::json!(["ORU^R01"]),
+        "{o}"
+    );
     // One first-seen event per new flow (the DICOM store and the HL7
     // message, the NTP and DNS sockets, the surprise connection), not one
     // per packet.
@@ -264,6 +296,11 @@ fn observe_suggest_simulate_apply_confirm() {
     let sfile = h.dir.join("suggested.toml");
     std::fs::write(&sfile, &suggested).expect("write");
     assert!(suggested.contains("mode = \"enforce\""), "{suggested}");
+    assert!(
+        suggested.contains("guard = { calling_ae_titles = [\"CT-SCANNER-2\"], called_ae_titles = [\"PACS\"], sop_classes = [\"CT Image Storage\"], commands = [\"C-STORE\"] }")
+            && suggested.contains("guard = { message_types = [\"ORU^R01\"]"),
+        "no guards suggested: {suggested}"
+    );
     assert!(
         suggested.contains("address = \"192.0.2.50:8080\"")
             && suggested.contains("from = \"ct-scanner-2\"")

@@ -33,6 +33,25 @@ pub struct Observed {
     pub nflog_events: u64,
     /// Per device.
     pub devices: Vec<ObservedDevice>,
+    /// What each flow's protocol said, where the gateway read it (guarded
+    /// flows; unguarded DICOM, HL7 and Modbus flows in monitor mode with
+    /// learning on), since wardd started.
+    #[serde(default)]
+    pub facts: Vec<FlowFacts>,
+}
+
+/// The protocol facts of one flow, by the guard key that would allow them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowFacts {
+    /// The flow.
+    pub flow: String,
+    /// Guard key (`calling_ae_titles`, `called_ae_titles`, `sop_classes`
+    /// (UIDs), `commands`, `message_types`, `sending_applications`,
+    /// `sending_facilities`, `functions`, `unit_ids`) to the values seen.
+    pub values: std::collections::BTreeMap<String, Vec<String>>,
+    /// Values not kept (at most 64 a key).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// One device's record.

@@ -5,6 +5,7 @@
 //! protocol's own refusal built. [`stream`] puts them in the relay.
 
 pub mod dicom;
+pub mod facts;
 pub mod hl7;
 pub mod modbus;
 pub mod stream;

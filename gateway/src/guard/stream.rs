@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use ward_policy::model::{AeRefusal, DicomGuard, Guard, Hl7Guard, ModbusGuard};
 
 use super::dicom::{self, Piece};
+use super::facts::Facts;
 use super::hl7::{self, EB, SB};
 use super::modbus;
 use crate::transport::relay::Source;
@@ -32,19 +33,32 @@ pub struct GuardedUp<S> {
 struct Checker {
     rules: Rules,
     answer: Answer,
+    /// Learning only: the stream passes as it is; a copy is read for facts.
+    tee: bool,
 }
 
-/// How refusals are told and answered.
+/// How refusals are told and answered, and where facts go.
 struct Answer {
     monitor: bool,
     replies: mpsc::UnboundedSender<Bytes>,
     report: Report,
+    facts: Option<Arc<Facts>>,
+}
+
+impl Answer {
+    fn note(&self, kind: &'static str, value: &str) {
+        if let Some(f) = &self.facts
+            && !value.is_empty()
+        {
+            f.note(kind, value);
+        }
+    }
 }
 
 enum Rules {
     Dicom(Box<Association>),
     Hl7(Hl7Guard, hl7::Framer),
-    Modbus(ModbusGuard, modbus::Framer),
+    Modbus(ModbusGuard, modbus::Framer, Box<[bool; 512]>),
 }
 
 /// One DICOM association as its guard follows it.
@@ -178,13 +192,45 @@ impl Boundary {
     }
 }
 
+/// Learning on a flow without a guard: both directions pass everything as
+/// it is, and a copy of the device's is read (as `protocol`'s guard, which
+/// allows everything, reads it) for the facts it states. A stream the
+/// reader does not understand is simply no longer read.
+pub fn learn<U: Source, D: Source>(
+    up: U,
+    down: D,
+    protocol: Guard,
+    facts: Arc<Facts>,
+) -> (GuardedUp<U>, Injecting<D>) {
+    let (mut up, _) = wrap(
+        up,
+        (),
+        Some((protocol, Arc::new(|_: &str| {}))),
+        true,
+        Some(facts),
+    );
+    if let Some(c) = &mut up.guard {
+        c.tee = true;
+    }
+    let (_, down) = wrap((), down, None, false, None);
+    (up, down)
+}
+
+impl Source for () {
+    async fn next(&mut self, _: &mut Vec<Bytes>) -> std::io::Result<bool> {
+        Ok(false)
+    }
+}
+
 /// Wrap both directions; with `guard` none, they pass everything through.
-/// `report` hears of every refusal; in `monitor` mode refused messages pass.
+/// `report` hears of every refusal; in `monitor` mode refused messages
+/// pass; `facts` hears what the device's messages state.
 pub fn wrap<U: Source, D: Source>(
     up: U,
     down: D,
     guard: Option<(Guard, Report)>,
     monitor: bool,
+    facts: Option<Arc<Facts>>,
 ) -> (GuardedUp<U>, Injecting<D>) {
     let Some((guard, report)) = guard else {
         return (
@@ -232,7 +278,7 @@ pub fn wrap<U: Source, D: Source>(
             },
         ),
         Guard::Modbus(g) => (
-            Rules::Modbus(g, modbus::Framer::default()),
+            Rules::Modbus(g, modbus::Framer::default(), Box::new([false; 512])),
             Boundary::Mbap {
                 header: [0; modbus::MBAP],
                 have: 0,
@@ -250,7 +296,9 @@ pub fn wrap<U: Source, D: Source>(
                     monitor,
                     replies: tx,
                     report,
+                    facts,
                 },
+                tee: false,
             }),
             ended: false,
         },
@@ -317,7 +365,7 @@ impl Checker {
     /// Judge the complete messages `data` finishes; allowed ones go to
     /// `out`. `false`: the guard ended the stream (after `out`).
     fn check(&mut self, data: &Bytes, out: &mut Vec<Bytes>) -> std::io::Result<bool> {
-        let Checker { rules, answer } = self;
+        let Checker { rules, answer, .. } = self;
         match rules {
             Rules::Dicom(a) => return Ok(a.check(answer, data.clone(), out)),
             Rules::Hl7(guard, framer) => {
@@ -327,6 +375,9 @@ impl Checker {
                 };
                 for m in messages {
                     let msh = hl7::parse_msh(&m).map_err(|e| answer.invalid(e))?;
+                    answer.note("message_types", &msh.message_type);
+                    answer.note("sending_applications", &msh.sending_application);
+                    answer.note("sending_facilities", &msh.sending_facility);
                     match guard.refuses(
                         &msh.message_type,
                         &msh.sending_application,
@@ -342,12 +393,23 @@ impl Checker {
                     }
                 }
             }
-            Rules::Modbus(guard, framer) => {
+            Rules::Modbus(guard, framer, noted) => {
                 let requests = match framer.push(data) {
                     Ok(r) => r,
                     Err(e) => return Err(answer.invalid(e)),
                 };
                 for r in requests {
+                    // Each function and unit noted once a connection.
+                    let first = !std::mem::replace(&mut noted[usize::from(r.unit)], true)
+                        | !std::mem::replace(&mut noted[256 + usize::from(r.function)], true);
+                    if first && answer.facts.is_some() {
+                        answer.note(
+                            "functions",
+                            ward_policy::model::modbus_function_name(r.function)
+                                .unwrap_or(&r.function.to_string()),
+                        );
+                        answer.note("unit_ids", &r.unit.to_string());
+                    }
                     let ranges: Vec<(u16, u16)> =
                         r.ranges().iter().map(|x| (x.start, x.count)).collect();
                     match guard.refuses(r.unit, r.function, &ranges) {
@@ -454,6 +516,16 @@ impl Association {
                         AbortRQServiceProviderReason::InvalidPduParameter,
                     )
                 })?;
+                if command.field & 0x8000 == 0 && command.field != ward_policy::model::DIMSE_CANCEL
+                {
+                    answer.note(
+                        "commands",
+                        &ward_policy::model::dimse_command_name(command.field),
+                    );
+                    if let Some(uid) = &command.sop_class {
+                        answer.note("sop_classes", uid);
+                    }
+                }
                 let refusal = self.guard.refuses_command(command.field).or_else(|| {
                     command
                         .sop_class
@@ -503,6 +575,8 @@ impl Association {
             }
         };
         let all: Vec<u8> = rq.presentation_contexts.iter().map(|c| c.id).collect();
+        answer.note("calling_ae_titles", rq.calling_ae_title.trim());
+        answer.note("called_ae_titles", rq.called_ae_title.trim());
         if let Some((which, reason)) = self
             .guard
             .refuses_association(rq.calling_ae_title.trim(), rq.called_ae_title.trim())
@@ -579,6 +653,22 @@ impl<S: Source> Source for GuardedUp<S> {
         let Some(checker) = &mut self.guard else {
             return self.inner.next(out).await;
         };
+        if checker.tee {
+            let before = out.len();
+            if !self.inner.next(out).await? {
+                return Ok(false);
+            }
+            let mut ignored = Vec::new();
+            for chunk in &out[before..] {
+                if !matches!(checker.check(chunk, &mut ignored), Ok(true)) {
+                    // Not understood, or over: read no further.
+                    self.guard = None;
+                    break;
+                }
+                ignored.clear();
+            }
+            return Ok(true);
+        }
         loop {
             if self.ended {
                 return Ok(false);
@@ -701,6 +791,7 @@ mod tests {
             Chunks(vec![]),
             Some((guard(), report)),
             false,
+            None,
         );
         let mut sent = Vec::new();
         while up.next(&mut sent).await.expect("up") {}
@@ -725,6 +816,7 @@ mod tests {
             Chunks(vec![]),
             Some((guard(), report)),
             true,
+            None,
         );
         let mut sent = Vec::new();
         while up.next(&mut sent).await.expect("up") {}
@@ -790,6 +882,7 @@ mod tests {
             Chunks(vec![]),
             Some((guard, Arc::new(|_: &str| {}))),
             false,
+            None,
         );
         let mut sent = Vec::new();
         while up.next(&mut sent).await.expect("up") {}
@@ -837,6 +930,7 @@ mod tests {
             Owned(server),
             Some((dicom_guard(), report)),
             monitor,
+            None,
         );
         let mut sent = Vec::new();
         while up.next(&mut sent).await.expect("up") {}
@@ -882,6 +976,7 @@ mod tests {
             Owned(vec![ac]),
             Some((dicom_guard(), report)),
             false,
+            None,
         );
         // The request goes first, then the server's answer comes back.
         let mut sent = Vec::new();
@@ -969,6 +1064,26 @@ mod tests {
         assert!(reports[0].starts_with("stream refused: unknown PDU type 0x47"));
     }
 
+    /// Learning: everything passes as it is, even what a guard would
+    /// refuse and what is not the protocol; facts are noted until the
+    /// reader stops understanding.
+    #[tokio::test]
+    async fn learning_notes_facts_and_passes_all() {
+        let facts = Arc::new(Facts::default());
+        let (mut up, _) = learn(
+            Chunks(vec![ORU, ADT, b"not mllp", ORU]),
+            Chunks(vec![]),
+            Guard::Hl7(Hl7Guard::default()),
+            facts.clone(),
+        );
+        let mut sent = Vec::new();
+        while up.next(&mut sent).await.expect("up") {}
+        assert_eq!(sent.concat(), [ORU, ADT, b"not mllp", ORU].concat());
+        let (values, _) = facts.snapshot();
+        assert_eq!(values["message_types"], ["ADT^A08", "ORU^R01"]);
+        assert_eq!(values["sending_applications"], ["LVP200"]);
+    }
+
     /// Garbage ends the stream with an error, reported.
     #[tokio::test]
     async fn not_mllp_is_refused() {
@@ -978,6 +1093,7 @@ mod tests {
             Chunks(vec![]),
             Some((guard(), report)),
             false,
+            None,
         );
         let mut sent = Vec::new();
         assert!(up.next(&mut sent).await.is_err());

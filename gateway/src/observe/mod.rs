@@ -420,6 +420,19 @@ impl Observer {
             nflog_lost: self.nflog_lost.load(Ordering::Relaxed),
             nflog_events: self.nflog_events.load(Ordering::Relaxed),
             devices,
+            facts: self
+                .registry
+                .flow_stats()
+                .into_iter()
+                .filter_map(|(flow, stats)| {
+                    let (values, dropped) = stats.facts.snapshot();
+                    (!values.is_empty()).then_some(ward_api::observed::FlowFacts {
+                        flow,
+                        values,
+                        dropped,
+                    })
+                })
+                .collect(),
         }
     }
 

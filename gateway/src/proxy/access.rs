@@ -88,12 +88,10 @@ pub async fn serve(
         let (far_r, far_w) = relay::io(device.into_split());
         // The client's cleartext enters here: its guard reads it before
         // the device does.
-        let guard = rule
-            .guard
-            .clone()
-            .map(|g| (g, super::outbound::guard_report(&state, &m)));
-        let monitor = state.plan().mode == ward_policy::model::Mode::Monitor;
-        let (up, down) = crate::guard::stream::wrap(near_r, far_r, guard, monitor);
+        // (A device port has no declared protocol: learning notes facts
+        // only where a guard reads them.)
+        let (up, down) =
+            super::outbound::Guard::of(&state, &m, rule.guard.clone(), None).wrap(near_r, far_r);
         admitted
             .relay((up, near_w), (down, far_w), rule.idle_timeout)
             .await;

@@ -172,10 +172,7 @@ pub async fn serve(
         };
         state.audit.record(m.event(FlowAction::Allowed, None));
         debug!("far end connected");
-        let guard = Guard {
-            monitor: state.plan().mode == ward_policy::model::Mode::Monitor,
-            guard: flow.guard.clone().map(|g| (g, guard_report(&state, &m))),
-        };
+        let guard = Guard::of(&state, &m, flow.guard.clone(), Some(flow.protocol));
         match near {
             Near::Plain(s) => {
                 relay_far(
@@ -211,9 +208,56 @@ enum Near {
 }
 
 /// A flow's guard for one connection.
-struct Guard {
+pub(super) struct Guard {
     guard: Option<(ward_policy::model::Guard, crate::guard::stream::Report)>,
     monitor: bool,
+    facts: Arc<crate::guard::facts::Facts>,
+    /// No guard, but learning: the protocol whose facts to note.
+    learn: Option<ward_policy::model::Guard>,
+}
+
+impl Guard {
+    /// The flow's `guard`, if any; else, in monitor mode with learning on
+    /// and a `protocol` a guard can read, that protocol's facts only.
+    pub(super) fn of(
+        state: &Arc<ProxyState>,
+        m: &conn::Matched,
+        guard: Option<ward_policy::model::Guard>,
+        protocol: Option<ward_policy::model::Protocol>,
+    ) -> Guard {
+        use ward_policy::model::{self as p, Protocol};
+        let plan = state.plan();
+        let monitor = plan.mode == p::Mode::Monitor;
+        let learn = match protocol {
+            _ if guard.is_some() || !monitor || !plan.observe => None,
+            Some(Protocol::Dicom) => Some(p::Guard::Dicom(p::DicomGuard::default())),
+            Some(Protocol::Hl7) => Some(p::Guard::Hl7(p::Hl7Guard::default())),
+            Some(Protocol::Modbus) => Some(p::Guard::Modbus(p::ModbusGuard::default())),
+            _ => None,
+        };
+        Guard {
+            monitor,
+            facts: state.registry.flow(&m.flow).facts.clone(),
+            guard: guard.map(|g| (g, guard_report(state, m))),
+            learn,
+        }
+    }
+
+    /// Wrap a connection's two directions.
+    pub(super) fn wrap<U: relay::Source, D: relay::Source>(
+        self,
+        up: U,
+        down: D,
+    ) -> (
+        crate::guard::stream::GuardedUp<U>,
+        crate::guard::stream::Injecting<D>,
+    ) {
+        use crate::guard::stream;
+        match self.learn {
+            Some(protocol) => stream::learn(up, down, protocol, self.facts),
+            None => stream::wrap(up, down, self.guard, self.monitor, Some(self.facts)),
+        }
+    }
 }
 
 /// Each message the guard refuses (or would): counted, logged, audited.
@@ -244,15 +288,14 @@ async fn relay_far(
     idle: Duration,
     g: Guard,
 ) {
-    use crate::guard::stream::wrap;
     match far {
         Far::Tls(s) => {
             let (fr, fw) = relay::io(tokio::io::split(*s));
-            let (up, down) = wrap(near.0, fr, g.guard, g.monitor);
+            let (up, down) = g.wrap(near.0, fr);
             admitted.relay((up, near.1), (down, fw), idle).await
         }
         Far::Quic(send, recv) => {
-            let (up, down) = wrap(near.0, recv, g.guard, g.monitor);
+            let (up, down) = g.wrap(near.0, recv);
             admitted.relay((up, near.1), (down, send), idle).await
         }
     }

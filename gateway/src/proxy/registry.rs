@@ -93,6 +93,8 @@ pub struct FlowStats {
     pub bytes: Arc<Totals>,
     /// When a connection last opened (Unix seconds; 0: never).
     pub last_opened: AtomicU64,
+    /// What the flow's protocol said (guarded flows, and in learning).
+    pub facts: Arc<crate::guard::facts::Facts>,
 }
 
 /// One live connection.
