@@ -1084,6 +1084,37 @@ mod tests {
         assert_eq!(values["sending_applications"], ["LVP200"]);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(500)
+        ))]
+        /// A valid association request, then any bytes (P-DATA headers and
+        /// command sets among them), in any chunking: the DICOM guard
+        /// never panics and passes on at most what it was given plus its
+        /// own A-ABORT.
+        #[test]
+        fn dicom_guard_never_panics(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            commands in proptest::collection::vec((0u16..0x200, 0u8..4), 0..4),
+            step in 1usize..200,
+        ) {
+            let mut stream = dicom::written(&dicom_ul::Pdu::AssociationRQ(dicom::tests::rq(&[(1, CT), (3, FIND)])));
+            for (field, ctl) in commands {
+                stream.extend(dicom::tests::pdata(&[(1, ctl | 1, &dicom::tests::command_set(field, CT))]));
+            }
+            stream.extend(tail);
+            let chunks: Vec<Vec<u8>> = stream.chunks(step).map(<[u8]>::to_vec).collect();
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let sent = rt.block_on(async {
+                let (mut up, _down) = wrap(Owned(chunks), Owned(vec![]), Some((dicom_guard(), Arc::new(|_: &str| {}))), false, None);
+                let mut sent = Vec::new();
+                while let Ok(true) = up.next(&mut sent).await {}
+                sent.concat()
+            });
+            proptest::prop_assert!(sent.len() <= stream.len() + 10);
+        }
+    }
+
     /// Garbage ends the stream with an error, reported.
     #[tokio::test]
     async fn not_mllp_is_refused() {
