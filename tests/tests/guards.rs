@@ -108,6 +108,13 @@ fn hl7_guard_refuses_the_protocol_way() {
         (&h.pump1, "198.51.100.17", "tcp"),
         (&h.pump2, "198.51.100.33", "quic"),
     ] {
+        // A message without its end block never reaches the engine.
+        let cut = format!("\x0b{}", message("ORU^R01", "CUT"));
+        assert_eq!(
+            raw_exchange(ns, listen, 2575, cut.as_bytes()),
+            "closed with 0 bytes",
+            "{tag}"
+        );
         let ok = send(
             &h,
             ns,
@@ -218,6 +225,14 @@ fn modbus_guard_answers_exceptions() {
         return;
     };
     h.with_plc(&[("monitor-to-plc", 502, true)]);
+    // The same guard over a QUIC tunnel, on port 504.
+    let mut policy = std::fs::read_to_string(&h.policy).expect("policy");
+    policy.push_str(&format!(
+        "\n[[flows]]\nname = \"monitor-to-plc-quic\"\nfrom = \"monitor-icu-3\"\nto = \"plc\"\n\
+         listen = \"198.51.100.49:504\"\ntransport = \"quic\"\nguard = {}\n",
+        ward_tests::topology::PLC_GUARD
+    ));
+    std::fs::write(&h.policy, policy).expect("policy");
     let script = h.dir.join("plc.py");
     std::fs::write(&script, MODBUS_SERVER).expect("script");
     let _plc = Bg(cmd_in(&h.srv, "python3")
@@ -227,41 +242,90 @@ fn modbus_guard_answers_exceptions() {
         .expect("python3"));
     wait_listen(&h.srv, 502);
     let _hub = h.start_hub();
-    let _edge = h.start_edge("");
+    let edge = h.start_edge("");
     let client = h.dir.join("client.py");
     std::fs::write(&client, MODBUS_CLIENT).expect("script");
-    let out = cmd_in(&h.monitor, "python3")
-        .arg(&client)
-        .args(["198.51.100.49", "502"])
+    for (port, flow) in [(502, "monitor-to-plc"), (504, "monitor-to-plc-quic")] {
+        // An MBAP header whose length does not fit Modbus (and a second
+        // one that lies about its body): the connection ends, nothing
+        // reaches the PLC, and the next client is served.
+        let malformed = raw_exchange(
+            &h.monitor,
+            "198.51.100.49",
+            port,
+            &[0, 1, 0, 0, 0x01, 0x00, 1, 3, 0, 10, 0, 4],
+        );
+        assert_eq!(malformed, "closed with 0 bytes", "{flow}");
+        let out = cmd_in(&h.monitor, "python3")
+            .arg(&client)
+            .args(["198.51.100.49", &port.to_string()])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{flow}: pymodbus client: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            edge.log()
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let read = got["read"]["registers"]
+            .as_array()
+            .expect("the read worked");
+        assert_eq!(read.len(), 4, "{flow}: {got}");
+        assert_eq!(
+            got["write"]["exception"], 1,
+            "{flow}: write not refused: {got}"
+        );
+        assert_eq!(
+            got["past"]["exception"], 2,
+            "{flow}: read past the range not refused: {got}"
+        );
+        assert_eq!(
+            &got["again"]["registers"], &got["read"]["registers"],
+            "{flow}: the register changed: {got}"
+        );
+    }
+    let refused = audit_reasons(&h, "guard-refused");
+    let each = |flow: &str| {
+        [
+            format!("{flow} stream refused: MBAP length 256 outside 2..=254"),
+            format!("{flow} Modbus function write-single-register not allowed"),
+            format!("{flow} Modbus read-holding-registers of addresses 150-153 not allowed"),
+        ]
+    };
+    assert_eq!(
+        refused,
+        [each("monitor-to-plc"), each("monitor-to-plc-quic")].concat()
+    );
+}
+
+/// Send `bytes` from `ns` to `host:port`, half-close, and say what came
+/// back before the connection ended ("closed with N bytes: HEX").
+fn raw_exchange(ns: &ward_tests::netns::Netns, host: &str, port: u16, bytes: &[u8]) -> String {
+    let script = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(bytes.fromhex(sys.argv[3]))
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    got += b
+print(f"closed with {len(got)} bytes" + (": " + got.hex() if got else ""))
+"#;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let out = cmd_in(ns, "python3")
+        .args(["-c", script, host, &port.to_string(), &hex])
         .output()
         .expect("python3");
     assert!(
         out.status.success(),
-        "pymodbus client: {}",
+        "raw exchange: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let read = got["read"]["registers"]
-        .as_array()
-        .expect("the read worked");
-    assert_eq!(read.len(), 4, "{got}");
-    assert_eq!(got["write"]["exception"], 1, "write not refused: {got}");
-    assert_eq!(
-        got["past"]["exception"], 2,
-        "read past the range not refused: {got}"
-    );
-    assert_eq!(
-        &got["again"]["registers"], &got["read"]["registers"],
-        "the register changed: {got}"
-    );
-    let refused = audit_reasons(&h, "guard-refused");
-    assert_eq!(
-        refused,
-        [
-            "monitor-to-plc Modbus function write-single-register not allowed",
-            "monitor-to-plc Modbus read-holding-registers of addresses 150-153 not allowed"
-        ]
-    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A dcmtk `dcmqrscp` PACS (AE `PACS`) in `srv` on `port`, logging each
@@ -393,6 +457,36 @@ fn dicom_guard_refuses_the_protocol_way() {
             count(&log, "C-STORE RQ"),
         );
 
+        // Malformed streams: a P-DATA-TF before any association, a PDU
+        // longer than its bound, a request cut off. The first two get an
+        // A-ABORT from Ward (provider: unexpected PDU; invalid PDU
+        // parameter); none reaches the PACS; the store after them works.
+        let pdata_first = [4, 0, 0, 0, 0, 8, 0, 0, 0, 4, 1, 3, 0, 0];
+        assert_eq!(
+            raw_exchange(&h.ct, "198.51.100.1", 104, &pdata_first),
+            "closed with 10 bytes: 07000000000400000202",
+            "{transport}"
+        );
+        assert_eq!(
+            raw_exchange(
+                &h.ct,
+                "198.51.100.1",
+                104,
+                &[1, 0, 0x7f, 0xff, 0xff, 0xff, 0, 1]
+            ),
+            "closed with 10 bytes: 07000000000400000206",
+            "{transport}"
+        );
+        assert_eq!(
+            raw_exchange(
+                &h.ct,
+                "198.51.100.1",
+                104,
+                &[1, 0, 0, 0, 0, 200, 0, 1, 0, 0]
+            ),
+            "closed with 0 bytes",
+            "{transport}"
+        );
         let stored = storescu_in(&h.ct, "198.51.100.1", 104, &ct, &[]);
         assert!(
             stored.status.success(),
@@ -497,6 +591,10 @@ fn dicom_guard_refuses_the_protocol_way() {
                 "SC context"
             } else if r.contains("Query/Retrieve") && r.ends_with(": rejected") {
                 "Q/R contexts"
+            } else if r.contains("stream refused: a PDU before the A-ASSOCIATE-RQ out of order")
+                || r.contains("stream refused: PDU type 0x01 of 2147483647 bytes")
+            {
+                "malformed"
             } else if r.contains("more SOP classes: rejected") {
                 // storescu proposes every storage class it knows.
                 "other storage contexts"
@@ -506,6 +604,8 @@ fn dicom_guard_refuses_the_protocol_way() {
         })
         .collect();
     let each = [
+        "malformed",
+        "malformed",
         "other storage contexts",
         "Q/R contexts",
         "Q/R contexts",
