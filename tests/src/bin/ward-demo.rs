@@ -161,6 +161,22 @@ fn main() {
         &format!("CT drop counter: {before} -> {after} packets"),
         &mut failures,
     );
+    // Inside its own flow: the CT's DICOM guard allows storing CT images
+    // and C-ECHO; a query never leaves the edge.
+    let query = ward_tests::topology::cmd_in(&h.ct, ward_tests::peers::dcmtk("findscu"))
+        .args(["-S", "-aec", "PACS", "-aet", "CT-SCANNER-2"])
+        .args(["-k", "QueryRetrieveLevel=STUDY", "198.51.100.1", "104"])
+        .output()
+        .expect("findscu");
+    std::thread::sleep(Duration::from_millis(200));
+    check(
+        !query.status.success()
+            && edge
+                .log()
+                .contains("Query/Retrieve Information Model - FIND) not allowed"),
+        "CT C-FIND inside its PACS flow (guard: C-STORE of CT images, C-ECHO): no presentation context, refused by Ward",
+        &mut failures,
+    );
 
     step("6. what the gateways report (wardctl on edge-01's admin socket)");
     // Infusion pump 2 holds an HL7 link open, as interface engines do.
