@@ -99,28 +99,56 @@ pub struct Injecting<S> {
 enum Boundary {
     /// MLLP: between frames, and inside one.
     Mllp { between: bool, in_frame: bool },
-    /// MBAP: header bytes seen of the next frame, body bytes still to come.
-    Mbap {
-        header: [u8; modbus::MBAP],
-        have: usize,
-        remaining: usize,
-    },
-    /// DICOM PDUs: header bytes seen of the next, body bytes still to come.
-    Pdu {
-        header: [u8; dicom::HEADER],
+    /// Length-prefixed frames: header bytes seen of the next, body bytes
+    /// still to come.
+    Framed {
+        framing: Framing,
+        header: [u8; 8],
         have: usize,
         remaining: u64,
     },
+}
+
+/// How a length-prefixed protocol frames its messages.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// Modbus MBAP: 7 header bytes; the length (bytes 4-5) counts the unit
+    /// id, the header's last byte.
+    Mbap,
+    /// DICOM PDU: 6 header bytes; the length (bytes 2-5) counts the body.
+    Pdu,
+}
+
+impl Framing {
+    fn header_len(self) -> usize {
+        match self {
+            Framing::Mbap => modbus::MBAP,
+            Framing::Pdu => dicom::HEADER,
+        }
+    }
+
+    fn body_len(self, h: &[u8; 8]) -> u64 {
+        match self {
+            Framing::Mbap => u64::from(u16::from_be_bytes([h[4], h[5]])).saturating_sub(1),
+            Framing::Pdu => u64::from(u32::from_be_bytes([h[2], h[3], h[4], h[5]])),
+        }
+    }
+
+    fn start(self) -> Boundary {
+        Boundary::Framed {
+            framing: self,
+            header: [0; 8],
+            have: 0,
+            remaining: 0,
+        }
+    }
 }
 
 impl Boundary {
     fn between(&self) -> bool {
         match self {
             Boundary::Mllp { between, .. } => *between,
-            Boundary::Mbap {
-                have, remaining, ..
-            } => *have == 0 && *remaining == 0,
-            Boundary::Pdu {
+            Boundary::Framed {
                 have, remaining, ..
             } => *have == 0 && *remaining == 0,
         }
@@ -141,30 +169,8 @@ impl Boundary {
                     }
                 }
             }
-            Boundary::Mbap {
-                header,
-                have,
-                remaining,
-            } => {
-                let mut data = data;
-                while !data.is_empty() {
-                    if *remaining > 0 {
-                        let take = (*remaining).min(data.len());
-                        *remaining -= take;
-                        data = &data[take..];
-                    } else {
-                        header[*have] = data[0];
-                        *have += 1;
-                        data = &data[1..];
-                        if *have == modbus::MBAP {
-                            let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
-                            *remaining = len.saturating_sub(1);
-                            *have = 0;
-                        }
-                    }
-                }
-            }
-            Boundary::Pdu {
+            Boundary::Framed {
+                framing,
                 header,
                 have,
                 remaining,
@@ -179,10 +185,8 @@ impl Boundary {
                         header[*have] = data[0];
                         *have += 1;
                         data = &data[1..];
-                        if *have == dicom::HEADER {
-                            *remaining = u64::from(u32::from_be_bytes([
-                                header[2], header[3], header[4], header[5],
-                            ]));
+                        if *have == framing.header_len() {
+                            *remaining = framing.body_len(header);
                             *have = 0;
                         }
                     }
@@ -263,11 +267,7 @@ pub fn wrap<U: Source, D: Source>(
                     state: Session::Start,
                     removed,
                 })),
-                Boundary::Pdu {
-                    header: [0; dicom::HEADER],
-                    have: 0,
-                    remaining: 0,
-                },
+                Framing::Pdu.start(),
             )
         }
         Guard::Hl7(g) => (
@@ -279,11 +279,7 @@ pub fn wrap<U: Source, D: Source>(
         ),
         Guard::Modbus(g) => (
             Rules::Modbus(g, modbus::Framer::default(), Box::new([false; 512])),
-            Boundary::Mbap {
-                header: [0; modbus::MBAP],
-                have: 0,
-                remaining: 0,
-            },
+            Framing::Mbap.start(),
         ),
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -855,11 +851,7 @@ mod tests {
         let mut down = Injecting {
             inner: Chunks(vec![&RESP[..4], &RESP[4..9], &RESP[9..]]),
             replies: Some(rx),
-            at: Boundary::Mbap {
-                header: [0; modbus::MBAP],
-                have: 0,
-                remaining: 0,
-            },
+            at: Framing::Mbap.start(),
             acceptance: None,
             ended: false,
         };
