@@ -29,6 +29,7 @@ packages=(
   fdisk
   systemd-boot-efi
   cryptsetup-bin
+  chromium
 )
 
 missing=()
@@ -50,8 +51,10 @@ fi
 # storescu, echoscu, ...) land before dcmtk's on PATH, as on many hospital
 # machines: the tests resolve dcmtk's tools past them (peers::dcmtk).
 # pymodbus is the Modbus/TCP server and client of the guard tests.
-pip_packages=(hl7 prometheus-client "cyclonedx-python-lib[json-validation]" pynetdicom "pymodbus==3.16.1")
-if ! python3 -c 'import hl7.mllp, prometheus_client.parser, cyclonedx.validation.json, jsonschema, pynetdicom, pymodbus' 2>/dev/null || ! command -v mllp_send >/dev/null; then
+# fhir.resources validates the report's FHIR R5 Devices; Chromium (above)
+# renders, prints and screenshots its HTML.
+pip_packages=(hl7 prometheus-client "cyclonedx-python-lib[json-validation]" pynetdicom "pymodbus==3.16.1" "fhir.resources==8.3.0")
+if ! python3 -c 'import hl7.mllp, prometheus_client.parser, cyclonedx.validation.json, jsonschema, pynetdicom, pymodbus, fhir.resources.device' 2>/dev/null || ! command -v mllp_send >/dev/null; then
   echo "==> installing the Python packages: ${pip_packages[*]}"
   python3 -m pip install --quiet "${pip_packages[@]}" || python3 -m pip install --quiet --break-system-packages "${pip_packages[@]}"
   command -v pyenv >/dev/null && pyenv rehash || true

@@ -14,6 +14,7 @@ mod learn;
 mod networkd;
 mod online;
 mod policy;
+mod report;
 mod sbom;
 
 use std::process::ExitCode;
@@ -63,6 +64,11 @@ enum Command {
     },
     /// Print the manual page (roff): `wardctl man | man -l -`.
     Man,
+    /// The compensating controls Ward applies to each device, with evidence
+    /// and residual risks (HTML, JSON, CycloneDX or FHIR).
+    Report(report::ReportArgs),
+    /// This gateway's evidence (JSON) for `wardctl report --evidence`.
+    Evidence,
     /// Print the appliance's CycloneDX SBOM (or build one: `sbom generate`).
     Sbom {
         /// SBOM file to print.
@@ -223,6 +229,8 @@ fn main() -> ExitCode {
             Ok(Exit::Ok)
         }
         Command::Sbom { file, command } => sbom::run(command, file),
+        Command::Report(args) => report::run(args, cli.json),
+        Command::Evidence => online::run(online::Verb::Evidence, cli.socket, cli.json),
         Command::Man => {
             let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
             match page.render(&mut std::io::stdout()) {

@@ -148,6 +148,27 @@ pub enum Verb {
     },
     /// `policy confirm`.
     Confirm,
+    /// `evidence`: the gateway's evidence, as JSON, for `wardctl report
+    /// --evidence` on another machine.
+    Evidence,
+}
+
+/// GET `path` from the daemon at `socket`, decoded (for offline verbs that
+/// take live data, like `report --from`).
+pub fn fetch<T: serde::de::DeserializeOwned>(socket: &Path, path: &str) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match get(&rt, socket, Method::GET, path) {
+        Ok((v, _)) => Ok(v),
+        Err(CallError::Unreachable(m)) => Err(anyhow::anyhow!(m)),
+        Err(CallError::Api(code, m)) => Err(anyhow::anyhow!(
+            "wardd at {} answered {path} with {code}: {m}",
+            socket.display()
+        )),
+        Err(CallError::Other(e)) => Err(e),
+    }
 }
 
 /// `wardctl observe`: what each device was seen talking to.
@@ -403,6 +424,10 @@ fn run_inner(
     json: bool,
 ) -> Result<(), CallError> {
     match verb {
+        Verb::Evidence => {
+            let (_, body): (ward_api::Evidence, _) = get(rt, socket, Method::GET, "/v1/evidence")?;
+            println!("{}", String::from_utf8_lossy(&body));
+        }
         Verb::Status => {
             let (s, body): (Status, _) = get(rt, socket, Method::GET, "/v1/status")?;
             out(json, &body, || {

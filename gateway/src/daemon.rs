@@ -329,6 +329,7 @@ impl Gateway {
         }
         control::spawn_file_watch(&tracker, self.control.clone(), root.clone());
         control::confirm::spawn_confirm_watch(&tracker, self.control.clone(), root.clone());
+        control::evidence::spawn_drop_sampler(&tracker, self.control.clone(), root.clone());
         let nflog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let observer = self.control.observer().clone();
         // Started whenever nft is applied: a reload may turn observation on.

@@ -9,6 +9,7 @@
 //! - `GET /v1/flows` → `[Flow]` (live connections)
 //! - `GET /v1/policy` → the compiled plan of this gateway
 //! - `GET /v1/observed[?since=SECONDS]` → [`observed::Observed`] (learning data)
+//! - `GET /v1/evidence` → [`Evidence`] (what `wardctl report` shows of it)
 //! - `POST /v1/reload` → [`ReloadResult`]
 //! - `POST /v1/policy/apply` ([`ApplyRequest`]) → [`ApplyResult`]; `POST /v1/policy/confirm` → [`PendingConfirm`]
 //! - `POST /v1/devices/{id}/quarantine`, `POST /v1/devices/{id}/release` → [`Device`]
@@ -200,6 +201,67 @@ pub struct FlowWindow {
     pub seconds_left: u64,
     /// The warning period before the end has begun.
     pub warned: bool,
+}
+
+/// Format version of [`Evidence`].
+pub const EVIDENCE_FORMAT: u32 = 1;
+
+/// `GET /v1/evidence`: a running gateway's word on its controls, for
+/// `wardctl report` (directly, or through a file `wardctl evidence` wrote).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// [`EVIDENCE_FORMAT`].
+    pub format: u32,
+    /// When it was taken (Unix seconds).
+    pub at: u64,
+    /// The gateway's status.
+    pub status: Status,
+    /// Its devices, with drop counters since the ruleset was loaded.
+    pub devices: Vec<Device>,
+    /// Per device, packets dropped in the last 24 hours (or since the
+    /// ruleset was last loaded, if later: its counters start then).
+    pub drops_24h: Vec<DropWindow>,
+    /// Live connections.
+    pub flows: Vec<Flow>,
+    /// TLS handshakes refused since start, by leg and reason.
+    pub handshake_refusals: Vec<HandshakeRefusals>,
+    /// The audit trail, verified.
+    pub audit: AuditEvidence,
+}
+
+/// Drops of one device over a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropWindow {
+    /// Device id.
+    pub device: String,
+    /// Packets dropped (in monitor mode: that would have been).
+    pub packets: u64,
+    /// Start of the window (Unix seconds).
+    pub since: u64,
+}
+
+/// Handshakes refused on one leg for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeRefusals {
+    /// Leg.
+    pub leg: String,
+    /// Reason (`unknown-ca`, `expired`, `revoked`, …).
+    pub reason: String,
+    /// Handshakes.
+    pub count: u64,
+}
+
+/// The audit trail as the gateway verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvidence {
+    /// The trail's file.
+    pub file: String,
+    /// Records whose hash chain was verified.
+    pub records: u64,
+    /// The chain holds from the first record to the last.
+    pub intact: bool,
+    /// Where and why it does not.
+    pub error: Option<String>,
 }
 
 /// An error answer.

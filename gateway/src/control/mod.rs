@@ -11,6 +11,7 @@
 //! (and in `state_dir/quarantine.json` across restarts).
 
 pub mod confirm;
+pub mod evidence;
 pub mod nft;
 
 use std::collections::BTreeSet;
@@ -145,6 +146,8 @@ pub struct Control {
     /// One `policy apply`, `confirm` or rollback at a time.
     apply_lock: tokio::sync::Mutex<()>,
     state_dir: PathBuf,
+    /// Drop counter samples for the evidence's 24-hour window.
+    drops: Mutex<evidence::DropHistory>,
 }
 
 fn now_secs() -> u64 {
@@ -205,6 +208,7 @@ impl Control {
             reloads_ok: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
             observer: s.observer,
+            drops: Mutex::new(evidence::DropHistory::loaded(now_secs())),
         }
     }
 
@@ -241,6 +245,7 @@ impl Control {
                 Ok::<_, ApplyError>(())
             })
             .await??;
+            self.ruleset_loaded();
         }
         Ok(())
     }

@@ -97,6 +97,7 @@ async fn route(
             Ok(json(StatusCode::OK, &control.device(id).await?))
         }
         (Method::GET, ["v1", "flows"]) => Ok(json(StatusCode::OK, &control.flows())),
+        (Method::GET, ["v1", "evidence"]) => Ok(json(StatusCode::OK, &control.evidence().await)),
         (Method::GET, ["v1", "policy"]) => Ok(json(StatusCode::OK, &*control.plan())),
         (Method::GET, ["v1", "observed"]) => {
             let since = match query.split('&').find_map(|kv| kv.strip_prefix("since=")) {
