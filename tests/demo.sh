@@ -11,7 +11,10 @@
 # insertion with unchanged devices: edge-01 routed (it holds the devices'
 # router addresses), learning mode (monitor, observe, suggest, simulate,
 # apply with commit-confirm), and a segment whose cable is split into a
-# bridge gateway (bump in the wire). Everything it creates is removed at the end.
+# bridge gateway (bump in the wire). It ends by writing the compensating-
+# control report of the example hospital (wardctl report, with the gateways'
+# evidence) to target/ward-report.html. Everything else it creates is
+# removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -215,6 +215,24 @@ fn main() {
         );
     }
 
+    // Each gateway's evidence, kept for the report at the end (as an
+    // admin machine without the sockets gets it).
+    let mut evidence = Vec::new();
+    for gw in ["edge-01", "hub-dc-01"] {
+        let out = std::process::Command::new(ward_tests::harness::binary("wardctl"))
+            .arg("--socket")
+            .arg(h.socket(gw))
+            .arg("evidence")
+            .output()
+            .expect("wardctl");
+        let file = h.dir.join(&format!("{gw}-evidence.json"));
+        std::fs::write(&file, &out.stdout).expect("evidence");
+        if !out.status.success() {
+            failures += 1;
+        }
+        evidence.push(file);
+    }
+
     step(
         "7. transparent insertion: edge-01 takes over as the devices' router (routed), the CT unchanged",
     );
@@ -286,6 +304,29 @@ fn main() {
         }
         Some(seg) => bridge_scene(&seg, &study, &data, &mut failures),
     }
+
+    step(
+        "10. the compensating-control report: wardctl report, with the gateways' evidence and advisory files",
+    );
+    let report = std::env::current_dir()
+        .expect("cwd")
+        .join("target/ward-report.html");
+    let mut cmd = std::process::Command::new(ward_tests::harness::binary("wardctl"));
+    cmd.args(["report", "--policy", "policy/examples/hospital.toml"])
+        .args(["--kev", "tests/data/kev.json"])
+        .args(["--csaf", "tests/data/csaf-acme-somascan.json"]);
+    for e in &evidence {
+        cmd.arg("--evidence").arg(e);
+    }
+    let out = cmd.arg("--out").arg(&report).output().expect("wardctl");
+    check(
+        out.status.success(),
+        &format!(
+            "{}: open it in a browser (it prints on A4)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        &mut failures,
+    );
 
     step("done");
     if failures > 0 {
