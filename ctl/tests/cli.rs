@@ -571,3 +571,84 @@ fn networkd_files_from_the_policy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("inserted explicitly"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `report` refuses bad input with the file and the reason, and writes
+/// nothing: advisory files that are not what they claim, a CSAF version it
+/// does not read, a malformed `--today`, evidence from a gateway the policy
+/// does not name. The example alone (no evidence) reports every device
+/// with `no-evidence` among its risks.
+#[test]
+fn report_bad_input() {
+    let policy = temp_policy(
+        "report.toml",
+        &std::fs::read_to_string(EXAMPLE).expect("the example"),
+    );
+    let dir = policy.parent().expect("dir").to_owned();
+    let p = policy.to_str().expect("path");
+    let file = |name: &str, text: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, text).expect("write");
+        f.to_str().expect("path").to_owned()
+    };
+    let out = dir.join("never.html");
+    let o = out.to_str().expect("path");
+    let fails = |args: &[&str], needle: &str| {
+        let r = wardctl(&[&["report", "--policy", p, "--out", o][..], args].concat());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote a report");
+    };
+    let kev = file("kev-bad.json", "{\"vulnerabilities\": [{\"cve\": 1}]}");
+    fails(
+        &["--kev", &kev],
+        "kev-bad.json: not CISA's KEV JSON catalogue",
+    );
+    let csaf = file(
+        "csaf-old.json",
+        "{\"document\": {\"csaf_version\": \"1.2\", \"tracking\": {\"id\": \"X\"}}}",
+    );
+    fails(
+        &["--csaf", &csaf],
+        "csaf-old.json: document.csaf_version is \"1.2\"",
+    );
+    fails(
+        &["--today", "5.12.2026"],
+        "--today \"5.12.2026\": expected YYYY-MM-DD",
+    );
+    let mut ev: serde_json::Value = serde_json::json!({
+        "format": 1, "at": 0, "devices": [], "drops_24h": [], "flows": [],
+        "handshake_refusals": [],
+        "audit": {"file": "a", "records": 0, "intact": true, "error": null},
+        "status": {"version": "0", "gateway": "edge-99", "identity": "", "mode": "enforce",
+            "policy_file": "", "revision": "", "uptime_secs": 0, "last_reload": null,
+            "listeners": [], "quarantined": [], "connections": 0, "certificate_not_after": 0}
+    });
+    let stranger = file("stranger.json", &ev.to_string());
+    fails(
+        &["--evidence", &stranger],
+        "evidence from gateway \"edge-99\"",
+    );
+    ev["status"] = serde_json::json!("not a status");
+    let broken = file("broken.json", &ev.to_string());
+    fails(
+        &["--evidence", &broken],
+        "broken.json: not a `wardctl evidence` file",
+    );
+
+    let r = wardctl(&["report", "--policy", p, "--format", "json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
+    let devices = v["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 4);
+    for d in devices {
+        assert!(
+            d["residual_risks"]
+                .as_array()
+                .expect("risks")
+                .iter()
+                .any(|k| k["kind"] == "no-evidence"),
+            "{d}"
+        );
+    }
+}
