@@ -329,44 +329,7 @@ fn render_plan(plan: &Plan) -> String {
             f.name, f.device, f.source, f.listen, target, f.service
         );
         if let Some(g) = &f.guard {
-            let list = |v: &[String]| {
-                if v.is_empty() {
-                    "any".to_owned()
-                } else {
-                    v.join(", ")
-                }
-            };
-            let text = match g {
-                ward_policy::model::Guard::Dicom(g) => format!(
-                    "DICOM calling AE {}; called AE {}; SOP classes {}; commands {}",
-                    list(&g.calling_ae_titles),
-                    list(&g.called_ae_titles),
-                    list(
-                        &g.sop_classes
-                            .iter()
-                            .map(|u| ward_policy::model::sop_class_name(u)
-                                .unwrap_or(u)
-                                .to_owned())
-                            .collect::<Vec<_>>()
-                    ),
-                    list(
-                        &g.commands
-                            .iter()
-                            .map(|c| ward_policy::model::dimse_command_name(*c))
-                            .collect::<Vec<_>>()
-                    )
-                ),
-                ward_policy::model::Guard::Hl7(g) => format!(
-                    "HL7 message types {}; sending applications {}; facilities {}",
-                    list(&g.message_types),
-                    list(&g.sending_applications),
-                    list(&g.sending_facilities)
-                ),
-                ward_policy::model::Guard::Modbus(g) => format!(
-                    "Modbus functions {:?}; unit ids {:?}; addresses {:?}",
-                    g.functions, g.unit_ids, g.addresses
-                ),
-            };
+            let text = crate::report::guard_text(g);
             let _ = writeln!(o, "  {:<20} guard: {text}", "");
         }
     }
