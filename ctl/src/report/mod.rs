@@ -773,6 +773,7 @@ pub fn build(
     for d in &devices {
         *by_stage.entry(d.lifecycle.stage.clone()).or_default() += 1;
         let mut kinds: Vec<&str> = d.residual_risks.iter().map(|r| r.kind.as_str()).collect();
+        kinds.sort_unstable();
         kinds.dedup();
         for k in kinds {
             *by_risk.entry(k.to_owned()).or_default() += 1;
@@ -888,4 +889,74 @@ pub fn run(args: ReportArgs, json_errors: bool) -> anyhow::Result<Exit> {
         None => print!("{text}"),
     }
     Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../policy/examples/hospital.toml");
+
+    /// Two unguarded client flows without a window: the monitor's risks
+    /// name both, interleaved, and the site counts the device once per
+    /// kind; without evidence every device says so; days count from
+    /// `today`.
+    #[test]
+    fn risks_per_device_and_site() {
+        let window = "window = { days = [\"tue\", \"thu\"], start = \"02:00\", end = \"04:00\" }\n";
+        assert!(EXAMPLE.contains(window));
+        let text = format!(
+            "{}\n[[flows]]\nname = \"vendor-any-time\"\nfrom = \"vendor-vitalis\"\nto = \"monitor-icu-3\"\nport = 24106\nlisten = \"192.0.2.10:24106\"\n",
+            EXAMPLE.replacen(window, "", 1)
+        );
+        let (p, _) = ward_policy::load("p.toml", &text, &Default::default()).expect("valid");
+        let today = Date {
+            year: 2026,
+            month: 12,
+            day: 5,
+        };
+        let r = build(
+            &p,
+            Path::new("p.toml"),
+            text.as_bytes(),
+            &BTreeMap::new(),
+            &Advisories::default(),
+            today,
+            0,
+        );
+        let monitor = r
+            .devices
+            .iter()
+            .find(|d| d.id == "monitor-icu-3")
+            .expect("monitor");
+        let kinds: Vec<&str> = monitor
+            .residual_risks
+            .iter()
+            .map(|k| k.kind.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "exception-without-guard",
+                "flow-without-guard",
+                "inbound-without-window",
+                "flow-without-guard",
+                "inbound-without-window",
+                "no-sbom",
+                "no-evidence"
+            ]
+        );
+        assert_eq!(r.summary.by_risk["flow-without-guard"], 1);
+        assert_eq!(r.summary.by_risk["no-evidence"], 4);
+        assert_eq!(r.summary.by_risk["inbound-without-window"], 1);
+        let ct = &r.devices[0];
+        assert_eq!(ct.id, "ct-scanner-2");
+        assert_eq!(ct.lifecycle.days_left, Some(-979));
+        assert!(
+            ct.residual_risks
+                .iter()
+                .any(|k| k.kind == "past-end-of-support")
+        );
+        assert_eq!(r.summary.gateways_with_evidence, 0);
+    }
 }
