@@ -35,7 +35,7 @@ pub struct Observed {
     pub devices: Vec<ObservedDevice>,
     /// What each flow's protocol said, where the gateway read it (guarded
     /// flows; unguarded DICOM, HL7 and Modbus flows in monitor mode with
-    /// learning on), since wardd started.
+    /// learning on), kept in the learning store across restarts.
     #[serde(default)]
     pub facts: Vec<FlowFacts>,
 }

@@ -21,7 +21,7 @@
 
 pub mod nflog;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -172,11 +172,34 @@ impl DevStore {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Store {
     format: u32,
     devices: BTreeMap<String, DevStore>,
     nflog_lost: u64,
+    /// Protocol facts of earlier runs, per flow and guard key (this run's
+    /// are in the registry until the next write).
+    #[serde(default)]
+    facts: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+}
+
+/// Add `values` (per guard key) to `flow`'s facts, at most
+/// [`crate::guard::facts::MAX_PER_KIND`] a key.
+fn merge_facts(
+    into: &mut BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    flow: &str,
+    values: BTreeMap<String, Vec<String>>,
+) {
+    let kept = into.entry(flow.to_owned()).or_default();
+    for (key, vs) in values {
+        let set = kept.entry(key).or_default();
+        for v in vs {
+            if set.len() >= crate::guard::facts::MAX_PER_KIND {
+                break;
+            }
+            set.insert(v);
+        }
+    }
 }
 
 /// What one poll did.
@@ -306,6 +329,7 @@ impl Observer {
             format: FORMAT,
             devices: store.devices.clone(),
             nflog_lost: store.nflog_lost,
+            facts: store.facts.clone(),
         };
         // Written without holding the store: first-seen events and the API
         // do not wait for the disk.
@@ -333,6 +357,9 @@ impl Observer {
         for ((device, flow, leg, peer), c) in self.registry.carried() {
             let dev = copy.devices.entry(device).or_default();
             merge_tunnel(&mut dev.tunnels, &flow, leg.as_str(), &peer, &c);
+        }
+        for (flow, stats) in self.registry.flow_stats() {
+            merge_facts(&mut copy.facts, &flow, stats.facts.snapshot().0);
         }
         let json = serde_json::to_vec(&copy).expect("the store serializes");
         if let Err(e) = ward_pki::write_file(&self.path, &json, 0o600) {
@@ -420,19 +447,27 @@ impl Observer {
             nflog_lost: self.nflog_lost.load(Ordering::Relaxed),
             nflog_events: self.nflog_events.load(Ordering::Relaxed),
             devices,
-            facts: self
-                .registry
-                .flow_stats()
-                .into_iter()
-                .filter_map(|(flow, stats)| {
-                    let (values, dropped) = stats.facts.snapshot();
-                    (!values.is_empty()).then_some(ward_api::observed::FlowFacts {
+            facts: {
+                // Earlier runs' facts and this run's.
+                let mut all = store.facts.clone();
+                let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+                for (flow, stats) in self.registry.flow_stats() {
+                    let (values, d) = stats.facts.snapshot();
+                    merge_facts(&mut all, &flow, values);
+                    dropped.insert(flow, d);
+                }
+                all.into_iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(flow, values)| ward_api::observed::FlowFacts {
+                        dropped: dropped.get(&flow).copied().unwrap_or(0),
                         flow,
-                        values,
-                        dropped,
+                        values: values
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_iter().collect()))
+                            .collect(),
                     })
-                })
-                .collect(),
+                    .collect()
+            },
         }
     }
 
@@ -584,6 +619,59 @@ mod tests {
         assert_eq!(d.flows.len(), MAX_FLOWS);
         assert_eq!(d.evicted, 10);
         assert!(!d.flows.contains_key(&key(0)) && d.flows.contains_key(&key(n - 1)));
+    }
+
+    /// Facts noted in one run come back from the file in the next, joined
+    /// with what the new run notes, bounded per key.
+    #[test]
+    fn facts_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("ward-facts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (p, _) = ward_policy::load(
+            "p.toml",
+            include_str!("../../../policy/examples/hospital.toml"),
+            &Default::default(),
+        )
+        .expect("valid");
+        let plan = Arc::new(ward_policy::compile(&p, "edge-01").expect("plan"));
+        let (_tx, rx) = watch::channel(plan);
+        let run = |note: &[(&'static str, &str)]| {
+            let registry = Arc::new(Registry::default());
+            let o = Observer::new(dir.clone(), None, rx.clone(), registry.clone());
+            let facts = registry.flow("ct2-to-pacs").facts.clone();
+            for (k, v) in note {
+                facts.note(k, v);
+            }
+            let seen = o.snapshot(0, "r".into()).facts;
+            o.persist(Store {
+                format: FORMAT,
+                ..o.store.lock().expect("lock").clone()
+            });
+            seen
+        };
+        run(&[
+            ("commands", "C-STORE"),
+            ("calling_ae_titles", "CT-SCANNER-2"),
+        ]);
+        let after = run(&[("commands", "C-ECHO")]);
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!(after[0].flow, "ct2-to-pacs");
+        assert_eq!(after[0].values["commands"], ["C-ECHO", "C-STORE"]);
+        assert_eq!(after[0].values["calling_ae_titles"], ["CT-SCANNER-2"]);
+        let mut big = BTreeMap::new();
+        merge_facts(
+            &mut big,
+            "f",
+            BTreeMap::from([(
+                "unit_ids".to_owned(),
+                (0..100).map(|i| i.to_string()).collect(),
+            )]),
+        );
+        assert_eq!(
+            big["f"]["unit_ids"].len(),
+            crate::guard::facts::MAX_PER_KIND
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// The file keeps flows and counts, not the kernel baselines (the start
