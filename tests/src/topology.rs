@@ -310,14 +310,23 @@ pub fn hl7_engine(h: &Hospital) -> Bg {
     Bg(child)
 }
 
-/// `mllp_send` from `ns` to `host:2575`; returns its stdout (the ACK).
+/// `mllp_send` from `ns` to `host:2575` with the tests' ORU^R01 result;
+/// returns its stdout (the ACK).
 pub fn mllp_send(h: &Hospital, ns: &Netns, host: &str, control: &str) -> String {
-    let file = h.dir.join(&format!("{control}.hl7"));
-    std::fs::write(
-        &file,
-        format!("\x0b{}\x1c\r", crate::peers::hl7_message(control)),
-    )
-    .expect("write message");
+    mllp_send_message(h, ns, host, control, &crate::peers::hl7_message(control))
+}
+
+/// `mllp_send` from `ns` to `host:2575` with `message` (kept in a file
+/// named after `name`); returns its stdout (the ACK).
+pub fn mllp_send_message(
+    h: &Hospital,
+    ns: &Netns,
+    host: &str,
+    name: &str,
+    message: &str,
+) -> String {
+    let file = h.dir.join(&format!("{name}.hl7"));
+    std::fs::write(&file, format!("\x0b{message}\x1c\r")).expect("write message");
     let out = cmd_in(ns, "mllp_send")
         .args(["--port", "2575", "--file"])
         .arg(&file)

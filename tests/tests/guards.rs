@@ -46,15 +46,7 @@ fn message(kind: &str, control: &str) -> String {
 
 /// `mllp_send` from `ns` to `host:2575` with one message; its stdout (the ACK).
 fn send(h: &Hospital, ns: &ward_tests::netns::Netns, host: &str, msg: &str, name: &str) -> String {
-    let file = h.dir.join(&format!("{name}.hl7"));
-    std::fs::write(&file, format!("\x0b{msg}\x1c\r")).expect("write message");
-    let out = cmd_in(ns, "mllp_send")
-        .args(["--port", "2575", "--file"])
-        .arg(&file)
-        .arg(host)
-        .output()
-        .expect("mllp_send");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ward_tests::topology::mllp_send_message(h, ns, host, name, msg)
 }
 
 fn audit_reasons(h: &Hospital, action: &str) -> Vec<String> {

@@ -451,6 +451,11 @@ pub struct Acceptance {
 }
 
 impl Acceptance {
+    /// The first PDU has gone by: nothing more to read.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
     /// Take `chunk`; what may go to the device now is returned.
     pub fn push(&mut self, chunk: Bytes, removed: &[u8]) -> Result<Vec<Bytes>, Malformed> {
         if self.done {

@@ -206,55 +206,49 @@ pub fn learn<U: Source, D: Source>(
     protocol: Guard,
     facts: Arc<Facts>,
 ) -> (GuardedUp<U>, Injecting<D>) {
-    let (mut up, _) = wrap(
-        up,
-        (),
-        Some((protocol, Arc::new(|_: &str| {}))),
-        true,
-        Some(facts),
-    );
-    if let Some(c) = &mut up.guard {
-        c.tee = true;
-    }
-    let (_, down) = wrap((), down, None, false, None);
-    (up, down)
+    let Parts { mut checker, .. } = parts(protocol, Arc::new(|_: &str| {}), true, Some(facts));
+    checker.tee = true;
+    let (_, down) = plain((), down);
+    (
+        GuardedUp {
+            inner: up,
+            guard: Some(checker),
+            ended: false,
+        },
+        down,
+    )
 }
 
-impl Source for () {
-    async fn next(&mut self, _: &mut Vec<Bytes>) -> std::io::Result<bool> {
-        Ok(false)
-    }
+/// Both directions passing everything through.
+fn plain<U, D>(up: U, down: D) -> (GuardedUp<U>, Injecting<D>) {
+    (
+        GuardedUp {
+            inner: up,
+            guard: None,
+            ended: false,
+        },
+        Injecting {
+            inner: down,
+            replies: None,
+            at: Boundary::Mllp {
+                between: true,
+                in_frame: false,
+            },
+            acceptance: None,
+            ended: false,
+        },
+    )
 }
 
-/// Wrap both directions; with `guard` none, they pass everything through.
-/// `report` hears of every refusal; in `monitor` mode refused messages
-/// pass; `facts` hears what the device's messages state.
-pub fn wrap<U: Source, D: Source>(
-    up: U,
-    down: D,
-    guard: Option<(Guard, Report)>,
-    monitor: bool,
-    facts: Option<Arc<Facts>>,
-) -> (GuardedUp<U>, Injecting<D>) {
-    let Some((guard, report)) = guard else {
-        return (
-            GuardedUp {
-                inner: up,
-                guard: None,
-                ended: false,
-            },
-            Injecting {
-                inner: down,
-                replies: None,
-                at: Boundary::Mllp {
-                    between: true,
-                    in_frame: false,
-                },
-                acceptance: None,
-                ended: false,
-            },
-        );
-    };
+/// What a guard puts in each direction.
+struct Parts {
+    checker: Checker,
+    replies: mpsc::UnboundedReceiver<Bytes>,
+    at: Boundary,
+    acceptance: Option<(dicom::Acceptance, Arc<Mutex<Vec<u8>>>)>,
+}
+
+fn parts(guard: Guard, report: Report, monitor: bool, facts: Option<Arc<Facts>>) -> Parts {
     let mut acceptance = None;
     let (rules, at) = match guard {
         Guard::Dicom(guard) => {
@@ -282,27 +276,49 @@ pub fn wrap<U: Source, D: Source>(
             Framing::Mbap.start(),
         ),
     };
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, replies) = mpsc::unbounded_channel();
+    Parts {
+        checker: Checker {
+            rules,
+            answer: Answer {
+                monitor,
+                replies: tx,
+                report,
+                facts,
+            },
+            tee: false,
+        },
+        replies,
+        at,
+        acceptance,
+    }
+}
+
+/// Wrap both directions; with `guard` none, they pass everything through.
+/// `report` hears of every refusal; in `monitor` mode refused messages
+/// pass; `facts` hears what the device's messages state.
+pub fn wrap<U: Source, D: Source>(
+    up: U,
+    down: D,
+    guard: Option<(Guard, Report)>,
+    monitor: bool,
+    facts: Option<Arc<Facts>>,
+) -> (GuardedUp<U>, Injecting<D>) {
+    let Some((guard, report)) = guard else {
+        return plain(up, down);
+    };
+    let p = parts(guard, report, monitor, facts);
     (
         GuardedUp {
             inner: up,
-            guard: Some(Checker {
-                rules,
-                answer: Answer {
-                    monitor,
-                    replies: tx,
-                    report,
-                    facts,
-                },
-                tee: false,
-            }),
+            guard: Some(p.checker),
             ended: false,
         },
         Injecting {
             inner: down,
-            replies: Some(rx),
-            at,
-            acceptance,
+            replies: Some(p.replies),
+            at: p.at,
+            acceptance: p.acceptance,
             ended: false,
         },
     )
@@ -725,6 +741,10 @@ impl<S: Source> Source for Injecting<S> {
                         std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
                     })?;
                     out.extend(passed);
+                }
+                // Past the server's first PDU: its stream passes as it comes.
+                if acceptance.done() {
+                    self.acceptance = None;
                 }
             }
             for c in &out[before..] {

@@ -235,10 +235,11 @@ impl Guard {
             Some(Protocol::Modbus) => Some(p::Guard::Modbus(p::ModbusGuard::default())),
             _ => None,
         };
+        let stats = state.registry.flow(&m.flow);
         Guard {
             monitor,
-            facts: state.registry.flow(&m.flow).facts.clone(),
-            guard: guard.map(|g| (g, guard_report(state, m))),
+            facts: stats.facts.clone(),
+            guard: guard.map(|g| (g, guard_report(state, m, stats))),
             learn,
         }
     }
@@ -261,11 +262,12 @@ impl Guard {
 }
 
 /// Each message the guard refuses (or would): counted, logged, audited.
-pub(super) fn guard_report(
+fn guard_report(
     state: &Arc<ProxyState>,
     m: &conn::Matched,
+    stats: Arc<super::registry::FlowStats>,
 ) -> crate::guard::stream::Report {
-    let (audit, stats, m) = (state.audit.clone(), state.registry.flow(&m.flow), m.clone());
+    let (audit, m) = (state.audit.clone(), m.clone());
     let monitor = state.plan().mode == ward_policy::model::Mode::Monitor;
     Arc::new(move |reason: &str| {
         stats

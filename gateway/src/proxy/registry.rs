@@ -229,12 +229,12 @@ impl Drop for SourceGuard {
 impl Registry {
     /// Statistics of `flow`, created on first use.
     pub fn flow(&self, flow: &str) -> Arc<FlowStats> {
-        self.flows
-            .lock()
-            .expect("registry lock poisoned")
-            .entry(flow.to_owned())
-            .or_default()
-            .clone()
+        let mut flows = self.flows.lock().expect("registry lock poisoned");
+        // Every connection asks: the name is copied only the first time.
+        if let Some(s) = flows.get(flow) {
+            return s.clone();
+        }
+        flows.entry(flow.to_owned()).or_default().clone()
     }
 
     /// Take a connection slot of `ip`, if fewer than `max` are in use.
